@@ -1,0 +1,5 @@
+import sys
+
+from gpfm.slide.cli import main
+
+sys.exit(main())
