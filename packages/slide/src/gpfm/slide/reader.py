@@ -212,7 +212,8 @@ def _direct_tiff_decoder(slide: Slide, level: int, block_size: Size) -> NativeTi
         (
             p
             for p in tiff.pages
-            if p.is_tiled
+            if isinstance(p, tifffile.TiffPage)
+            and p.is_tiled
             and (p.imagewidth, p.imagelength) == (width, height)
             and (p.tilewidth, p.tilelength) == block_size
             and p.planarconfig == 1

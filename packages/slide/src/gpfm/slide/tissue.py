@@ -205,7 +205,9 @@ def _odd(pixels: float) -> int:
 
 
 def _drop_small_pieces(mask: np.ndarray, min_pixels: float) -> np.ndarray:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
     keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
     keep[0] = False  # background
     return keep[labels] if count > 1 else np.zeros_like(mask, dtype=bool)
@@ -214,7 +216,7 @@ def _drop_small_pieces(mask: np.ndarray, min_pixels: float) -> np.ndarray:
 def _fill_small_holes(mask: np.ndarray, max_pixels: float) -> np.ndarray:
     # Holes are background components that do not touch the image border.
     background = (~mask).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(background, 4)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=4)
     if count <= 1:
         return mask
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]

@@ -31,7 +31,8 @@ class PillowReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            with Image.open(self.path) as image:
+            with Image.open(self.path) as opened:
+                image: Image.Image = opened
                 info = dict(image.info)
                 if image.mode not in ("RGB", "RGBA", "L", "LA"):
                     image = image.convert("RGBA" if "transparency" in info else "RGB")
@@ -45,7 +46,9 @@ class PillowReader:
             level_size(width, height, ds) for ds in self._virtual
         )
         self.level_downsamples: tuple[float, ...] = tuple(float(ds) for ds in self._virtual)
-        self.properties: dict[str, str] = {k: str(v) for k, v in info.items() if k != "icc_profile"}
+        self.properties: dict[str, str] = {
+            str(k): str(v) for k, v in info.items() if k != "icc_profile"
+        }
         dpi = info.get("dpi")
         mpp = 25_400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
         self.metadata_mpp = first_mpp({"image dpi": mpp}, self.path)
