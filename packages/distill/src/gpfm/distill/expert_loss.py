@@ -1,0 +1,116 @@
+"""Distillation from frozen expert models: the student's tokens, through a head per expert,
+should match the expert's class token and (resized) patch tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gpfm.distill.heads import ExpertHead
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """One expert: its feature size and the weights of its terms (0 turns a term off)."""
+
+    name: str
+    dim: int
+    cls_weight: float = 1.0
+    patch_weight: float = 0.0
+
+
+def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
+    """1 − cos(a, b) over the last dimension, averaged over everything else."""
+    return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()
+
+
+def resize_token_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, h·w, D) square-grid patch tokens -> (B, grid_h·grid_w, D), bicubic."""
+    batch, count, dim = tokens.shape
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"expert patch tokens ({count}) do not form a square grid")
+    if (side, side) == grid:
+        return tokens
+    image = tokens.transpose(1, 2).reshape(batch, dim, side, side).float()
+    image = F.interpolate(image, size=grid, mode="bicubic", align_corners=False)
+    return image.reshape(batch, dim, grid[0] * grid[1]).transpose(1, 2)
+
+
+class ExpertDistillationLoss(nn.Module):
+    """Terms ``<expert>_cls`` and ``<expert>_patch`` for each expert, each weighted.
+
+    - CLS: 1 − cos(head(student cls), expert cls), or with ``cls_loss="kl"`` the KL divergence
+      from softmax(expert / τ) to softmax(head(student) / τ).
+    - Patch: 0.9 · (1 − cos) + 0.1 · SmoothL1 between head(student patch tokens) and the
+      expert's patch tokens resized (bicubic) to the student's grid. Experts without patch
+      tokens (``None``) give the CLS term only.
+    """
+
+    def __init__(
+        self,
+        student_dim: int,
+        experts: list[ExpertSpec],
+        cls_loss: Literal["cosine", "kl"] = "cosine",
+        kl_temperature: float = 1.0,
+        bottleneck_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        if cls_loss not in ("cosine", "kl"):
+            raise ValueError(f"cls_loss must be 'cosine' or 'kl', got {cls_loss!r}")
+        self.experts = {spec.name: spec for spec in experts}
+        self.heads = nn.ModuleDict(
+            {spec.name: ExpertHead(student_dim, spec.dim, bottleneck_dim) for spec in experts}
+        )
+        self.cls_loss = cls_loss
+        self.kl_temperature = kl_temperature
+
+    def _cls_term(self, predicted: Tensor, target: Tensor) -> Tensor:
+        if self.cls_loss == "cosine":
+            return cosine_distance(predicted, target)
+        t = self.kl_temperature
+        return F.kl_div(
+            F.log_softmax(predicted.float() / t, dim=-1),
+            F.log_softmax(target.float() / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+
+    def forward(
+        self,
+        student_cls: Tensor,
+        student_patch: Tensor,
+        grid: tuple[int, int],
+        expert_outputs: dict[str, dict[str, Tensor | None]],
+    ) -> dict[str, Tensor]:
+        """Weighted terms per expert.
+
+        Args:
+            student_cls: (B, D) class tokens of the unmasked global crops.
+            student_patch: (B, N, D) their patch tokens, N = grid_h · grid_w.
+            grid: the student's patch grid (grid_h, grid_w).
+            expert_outputs: per expert ``{"cls": (B, D_e), "patch": (B, N_e, D_e) or None}``.
+        """
+        terms: dict[str, Tensor] = {}
+        for name, spec in self.experts.items():
+            if name not in expert_outputs:
+                raise KeyError(f"no output for expert {name!r}")
+            outputs = expert_outputs[name]
+            head = self.heads[name]
+            if spec.cls_weight and outputs.get("cls") is not None:
+                target = outputs["cls"]
+                assert target is not None
+                terms[f"{name}_cls"] = spec.cls_weight * self._cls_term(head(student_cls), target)
+            patch = outputs.get("patch")
+            if spec.patch_weight and patch is not None:
+                target = resize_token_grid(patch, grid)
+                predicted = head(student_patch)
+                value = 0.9 * cosine_distance(predicted, target) + 0.1 * F.smooth_l1_loss(
+                    predicted.float(), target.float()
+                )
+                terms[f"{name}_patch"] = spec.patch_weight * value
+        return terms

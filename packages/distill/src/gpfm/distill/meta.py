@@ -1,0 +1,139 @@
+"""``DistillationModel``: student, EMA teacher, heads, frozen experts and the unified loss."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gpfm.distill.ema import update_ema
+from gpfm.distill.experts import FrozenExpert
+from gpfm.distill.heads import DINOHead
+from gpfm.distill.optim import parameter_groups
+from gpfm.distill.unified import LossConfig, UnifiedDistillationLoss
+
+
+class DistillationModel(nn.Module):
+    """GPFM's pretraining model around any ViT with ``forward(x, masks)`` -> cls/patch tokens.
+
+    ``forward(batch, teacher_temp)`` takes a ``collate_multicrop`` batch and returns the named
+    loss terms and ``total``. Gradients reach the student (backbone, DINO/iBOT heads) and the
+    expert heads only; the teacher is updated by ``update_teacher`` and the experts never.
+
+    Args:
+        backbone: the student ViT (copied to make the teacher).
+        loss: the objective's configuration (prototypes, weights, experts).
+        experts: frozen experts by name; their names and sizes must match ``loss.experts``.
+        head_hidden_dim, head_bottleneck_dim, head_layers: the DINO head (2048, 256, 3).
+        separate_ibot_head: a second head for iBOT instead of sharing the DINO head.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        loss: LossConfig | None = None,
+        experts: dict[str, FrozenExpert] | None = None,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        separate_ibot_head: bool = False,
+    ) -> None:
+        super().__init__()
+        loss = loss or LossConfig()
+        dim = int(backbone.embed_dim)  # type: ignore[arg-type]
+
+        def head() -> DINOHead:
+            return DINOHead(dim, loss.prototypes, head_hidden_dim, head_bottleneck_dim, head_layers)
+
+        student = {"backbone": backbone, "dino_head": head()}
+        if separate_ibot_head:
+            student["ibot_head"] = head()
+        self.student = nn.ModuleDict(student)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self.loss = UnifiedDistillationLoss(dim, loss)
+        experts = experts or {}
+        expected = {spec.name: spec.dim for spec in loss.experts}
+        given = {name: expert.dim for name, expert in experts.items()}
+        if expected != given:
+            raise ValueError(f"experts {given} do not match the loss configuration {expected}")
+        self.experts = nn.ModuleDict(experts)
+        self.patch_size = int(backbone.patch_size)  # type: ignore[arg-type]
+        self.num_layers = len(backbone.blocks)  # type: ignore[arg-type]
+
+    def train(self, mode: bool = True) -> DistillationModel:
+        super().train(mode)
+        self.teacher.eval()  # no stochastic depth in the teacher
+        for expert in self.experts.values():
+            expert.eval()
+        return self
+
+    def _ibot_head(self, side: nn.ModuleDict) -> nn.Module:
+        return side["ibot_head"] if "ibot_head" in side else side["dino_head"]
+
+    def forward(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Tensor]:
+        global_crops: Tensor = batch["global_crops"]
+        local_crops: Tensor = batch["local_crops"]
+        masks: Tensor = batch["masks"]
+        n_global, n_local = int(batch["n_global"]), int(batch["n_local"])
+        grid = (
+            global_crops.shape[-2] // self.patch_size,
+            global_crops.shape[-1] // self.patch_size,
+        )
+
+        with torch.no_grad():
+            teacher = self.teacher["backbone"](global_crops)
+            cls_logits = self.teacher["dino_head"](teacher["cls"])
+            patch_logits = self._ibot_head(self.teacher)(teacher["patch"][masks])
+            cls_targets, patch_targets = self.loss.teacher_targets(
+                cls_logits, patch_logits, teacher_temp
+            )
+            expert_outputs = {name: expert(global_crops) for name, expert in self.experts.items()}
+
+        crops = [global_crops] + ([local_crops] if n_local else [])
+        outputs = self.student["backbone"](crops, masks=[masks] + [None] * (len(crops) - 1))
+        student_global = outputs[0]
+        all_cls = torch.cat([out["cls"] for out in outputs])
+        student_cls_logits = self.student["dino_head"](all_cls)
+        student_patch_logits = self._ibot_head(self.student)(student_global["patch"][masks])
+        return self.loss(
+            student_cls_logits=list(student_cls_logits.chunk(n_global + n_local)),
+            teacher_cls_targets=list(cls_targets.chunk(n_global)),
+            student_patch_logits=student_patch_logits,
+            teacher_patch_targets=patch_targets,
+            masks=masks,
+            student_global_cls=list(student_global["cls"].chunk(n_global)),
+            student_global_patch=student_global["patch"],
+            grid=grid,
+            expert_outputs=expert_outputs,
+        )
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA step of the teacher; call after each real optimiser step."""
+        update_ema(self.teacher, self.student, momentum)
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The student's and the expert heads' parameters (never the teacher's or experts')."""
+        named = [(f"student.{n}", p) for n, p in self.student.named_parameters()]
+        named += [(f"loss.{n}", p) for n, p in self.loss.named_parameters()]
+        return [(n, p) for n, p in named if p.requires_grad]
+
+    def parameter_groups(
+        self, layer_decay: float = 0.9, patch_embed_lr_mult: float = 0.2
+    ) -> list[dict[str, Any]]:
+        """AdamW groups with layer-wise lr decay over the student backbone (see ``optim``)."""
+        return parameter_groups(
+            self.trainable_named_parameters(),
+            self.num_layers,
+            layer_decay=layer_decay,
+            patch_embed_lr_mult=patch_embed_lr_mult,
+            backbone_prefix="student.backbone.",
+        )
+
+    def cancel_last_layer_gradients(self) -> None:
+        """Drop the prototype layers' gradients (done during the first epoch, as in DINO)."""
+        for name, parameter in self.student.named_parameters():
+            if "last_layer" in name:
+                parameter.grad = None

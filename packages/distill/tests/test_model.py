@@ -1,0 +1,150 @@
+import torch
+
+from gpfm.backbone import create_vit
+from gpfm.distill import (
+    BlockMaskingGenerator,
+    DistillationModel,
+    ExpertSpec,
+    FrozenExpert,
+    LossConfig,
+    MultiCropAugmentation,
+    MultiCropConfig,
+    SyntheticPatchDataset,
+    apply_schedules,
+    collate_multicrop,
+)
+
+
+def tiny_model(centering="softmax"):
+    torch.manual_seed(0)
+    experts = {
+        "big": FrozenExpert(
+            create_vit("vit_tiny_patch16", depth=1, img_size=64), 192, input_size=64
+        ),
+        # An expert with no patch tokens: a (B, 24) embedding only.
+        "cls_only": FrozenExpert(
+            torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 24)
+            ),
+            24,
+        ),
+    }
+    specs = (ExpertSpec("big", 192, 1.0, 0.25), ExpertSpec("cls_only", 24, 1.0, 0.0))
+    loss = LossConfig(prototypes=64, experts=specs, centering=centering)
+    backbone = create_vit("vit_tiny_patch14", depth=2, img_size=56, drop_path_rate=0.1)
+    return DistillationModel(backbone, loss, experts, head_hidden_dim=64, head_bottleneck_dim=16)
+
+
+def tiny_batch(seed=0, n=6):
+    augment = MultiCropAugmentation(MultiCropConfig(global_size=56, local_size=28, n_local=2))
+    data = SyntheticPatchDataset(n, size=72, seed=seed, transform=augment)
+    torch.manual_seed(seed)
+    import random
+
+    return collate_multicrop(
+        [data[i] for i in range(n)], BlockMaskingGenerator((4, 4)), rng=random.Random(seed)
+    )
+
+
+def test_terms_are_named_and_total_is_their_sum():
+    model = tiny_model().train()
+    terms = model(tiny_batch(), teacher_temp=0.04)
+    assert set(terms) == {"dino", "ibot", "koleo", "big_cls", "big_patch", "cls_only_cls", "total"}
+    parts = sum(v for k, v in terms.items() if k != "total")
+    torch.testing.assert_close(terms["total"], parts)
+
+
+def test_gradients_reach_only_the_student_and_heads():
+    model = tiny_model().train()
+    model(tiny_batch(), teacher_temp=0.04)["total"].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert all(p.grad is None for p in model.experts.parameters())
+    trainable = dict(model.trainable_named_parameters())
+    assert trainable["student.backbone.blocks.0.attn.qkv.weight"].grad is not None
+    assert trainable["loss.experts.heads.big.proj.weight"].grad is not None
+    assert trainable["student.dino_head.mlp.0.weight"].grad is not None
+    assert not any(name.startswith(("teacher.", "experts.")) for name in trainable)
+
+
+def test_experts_stay_frozen_in_eval_mode():
+    model = tiny_model().train()
+    assert not model.teacher.training
+    assert all(not expert.model.training for expert in model.experts.values())
+
+
+def test_teacher_is_updated_only_by_the_ema():
+    model = tiny_model().train()
+    before = model.teacher["backbone"].blocks[0].attn.qkv.weight.clone()
+    optimizer = torch.optim.AdamW(model.parameter_groups())
+    apply_schedules(optimizer, lr=1e-3, weight_decay=0.04, last_layer_lr=1e-3)
+    model(tiny_batch(), teacher_temp=0.04)["total"].backward()
+    optimizer.step()
+    torch.testing.assert_close(model.teacher["backbone"].blocks[0].attn.qkv.weight, before)
+    model.update_teacher(0.5)
+    after = model.teacher["backbone"].blocks[0].attn.qkv.weight
+    student = model.student["backbone"].blocks[0].attn.qkv.weight.detach()
+    torch.testing.assert_close(after, 0.5 * before + 0.5 * student)
+
+
+def test_twenty_steps_lower_the_total_loss():
+    model = tiny_model().train()
+    optimizer = torch.optim.AdamW(model.parameter_groups())
+    apply_schedules(optimizer, lr=1e-3, weight_decay=0.0, last_layer_lr=1e-3)
+    batch = tiny_batch(seed=3, n=8)
+    history = []
+    for _ in range(20):
+        terms = model(batch, teacher_temp=0.04)
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+        model.update_teacher(0.99)
+        history.append({name: value.item() for name, value in terms.items()})
+    first, last = history[0], history[-5:]
+    assert sum(h["total"] for h in last) / 5 < 0.9 * first["total"]
+    # The experts are fixed targets: matching them improves steadily.
+    for term in ("big_cls", "big_patch", "cls_only_cls"):
+        assert max(h[term] for h in last) < 0.5 * first[term], term
+
+
+def test_sinkhorn_centering_runs():
+    model = tiny_model(centering="sinkhorn").train()
+    terms = model(tiny_batch(), teacher_temp=0.05)
+    assert torch.isfinite(terms["total"])
+
+
+def test_prototype_layers_can_be_frozen_for_the_first_epoch():
+    model = tiny_model().train()
+    model(tiny_batch(), teacher_temp=0.04)["total"].backward()
+    model.cancel_last_layer_gradients()
+    last = [p for n, p in model.student.named_parameters() if "last_layer" in n]
+    assert last and all(p.grad is None for p in last)
+    assert model.loss.experts.heads["big"].out.parametrizations.weight.original1.grad is not None
+
+
+def test_mismatched_experts_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="do not match"):
+        DistillationModel(
+            create_vit("vit_tiny_patch14", depth=1, img_size=56),
+            LossConfig(prototypes=8, experts=(ExpertSpec("a", 10),)),
+            {},
+        )
+
+
+def test_frozen_expert_renormalises_and_resizes():
+    seen = {}
+
+    def record(x):
+        seen["x"] = x
+        return x.mean(dim=(2, 3))
+
+    expert = FrozenExpert(
+        torch.nn.Identity(), 3, forward=record, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    imagenet = torch.zeros(1, 3, 16, 16)  # the ImageNet mean, once normalised
+    out = expert(imagenet)
+    assert seen["x"].shape == (1, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    torch.testing.assert_close(out["cls"][0], (mean - 0.5) / 0.5)
+    assert out["patch"] is None
