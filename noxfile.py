@@ -7,6 +7,7 @@ narrower, so pip picks the newest release available to the machine.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import nox
@@ -17,6 +18,17 @@ APPS = sorted(p.name for p in (ROOT / "apps").iterdir() if (p / "pyproject.toml"
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
+
+
+def _local_dependencies(name: str) -> list[str]:
+    """Paths of the gpfm packages that packages/<name> depends on, recursively."""
+    project = tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())
+    paths: list[str] = []
+    for requirement in project["project"].get("dependencies", []):
+        if requirement.startswith("gpfm-"):
+            dependency = requirement.split()[0].removeprefix("gpfm-")
+            paths += [*_local_dependencies(dependency), f"./packages/{dependency}"]
+    return list(dict.fromkeys(paths))
 
 
 def _install_all(session: nox.Session) -> None:
@@ -41,8 +53,11 @@ def tests(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("name", PACKAGES)
 def package(session: nox.Session, name: str) -> None:
-    """One package installed alone in a fresh environment, with its own tests."""
-    session.install(f"./packages/{name}[test]")
+    """One package installed alone in a fresh environment, with its own tests.
+
+    Other gpfm packages it depends on come from this repository (they are not on PyPI).
+    """
+    session.install(*_local_dependencies(name), f"./packages/{name}[test]")
     session.run("pytest", f"packages/{name}/tests", *session.posargs)
 
 
