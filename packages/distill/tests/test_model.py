@@ -58,7 +58,7 @@ def test_gradients_reach_only_the_student_and_heads():
     model = tiny_model().train()
     model(tiny_batch(), teacher_temp=0.04)["total"].backward()
     assert all(p.grad is None for p in model.teacher.parameters())
-    assert all(p.grad is None for p in model.experts.parameters())
+    assert all(p.grad is None for e in model.experts.values() for p in e.parameters())
     trainable = dict(model.trainable_named_parameters())
     assert trainable["student.backbone.blocks.0.attn.qkv.weight"].grad is not None
     assert trainable["loss.experts.heads.big.proj.weight"].grad is not None
@@ -66,10 +66,13 @@ def test_gradients_reach_only_the_student_and_heads():
     assert not any(name.startswith(("teacher.", "experts.")) for name in trainable)
 
 
-def test_experts_stay_frozen_in_eval_mode():
+def test_experts_stay_frozen_in_eval_mode_and_out_of_checkpoints():
     model = tiny_model().train()
     assert not model.teacher.training
     assert all(not expert.model.training for expert in model.experts.values())
+    assert not any(key.startswith("experts") for key in model.state_dict())
+    model.to(torch.float64)  # experts move with the model
+    assert next(model.experts["big"].parameters()).dtype == torch.float64
 
 
 def test_teacher_is_updated_only_by_the_ema():

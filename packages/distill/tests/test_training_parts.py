@@ -106,6 +106,13 @@ def test_collate_masks_half_the_global_crops_with_weights():
     torch.testing.assert_close(batch["mask_weights"], expected)
 
 
+def test_collate_is_deterministic_for_a_seeded_rng():
+    samples = [_sample() for _ in range(6)]
+    first = collate_multicrop(samples, BlockMaskingGenerator((4, 4)), rng=random.Random(7))
+    second = collate_multicrop(samples, BlockMaskingGenerator((4, 4)), rng=random.Random(7))
+    assert torch.equal(first["masks"], second["masks"])
+
+
 def test_collate_orders_crops_by_view_then_sample():
     samples = [_sample() for _ in range(3)]
     batch = collate_multicrop(samples, BlockMaskingGenerator((4, 4)))

@@ -55,7 +55,7 @@ class FrozenExpert(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.dim = dim
-        self._forward = forward or model
+        self.token_fn = forward  # a plain attribute: not a second registration of ``model``
         self.input_size = input_size
         # x_expert = (x_source · s_std + s_mean − mean) / std = x_source · scale + shift
         scale = torch.tensor(source_std) / torch.tensor(std)
@@ -76,5 +76,5 @@ class FrozenExpert(nn.Module):
                 x, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False
             )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-            tokens = _as_tokens(self._forward(x))
+            tokens = _as_tokens(self.token_fn(x) if self.token_fn else self.model(x))
         return {k: (v.float() if v is not None else None) for k, v in tokens.items()}

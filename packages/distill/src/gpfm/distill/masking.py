@@ -93,7 +93,7 @@ def collate_multicrop(
     ratios = np.linspace(mask_ratio[0], mask_ratio[1], n_masked + 1)
     patches = mask_generator.num_patches
     masks = [
-        torch.from_numpy(mask_generator(int(patches * rng.uniform(ratios[i], ratios[i + 1]))))
+        torch.from_numpy(mask_generator(int(patches * rng.uniform(ratios[i], ratios[i + 1])), rng))
         for i in range(n_masked)
     ]
     masks += [torch.zeros(mask_generator.height, mask_generator.width, dtype=torch.bool)] * (

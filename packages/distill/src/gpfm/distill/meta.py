@@ -58,9 +58,18 @@ class DistillationModel(nn.Module):
         given = {name: expert.dim for name, expert in experts.items()}
         if expected != given:
             raise ValueError(f"experts {given} do not match the loss configuration {expected}")
-        self.experts = nn.ModuleDict(experts)
+        # Held outside the module tree: frozen experts are neither trained, nor averaged, nor
+        # written into checkpoints (they would double a checkpoint's size); ``_apply`` still
+        # moves them with the model.
+        self.experts: dict[str, FrozenExpert] = dict(experts)
         self.patch_size = int(backbone.patch_size)  # type: ignore[arg-type]
         self.num_layers = len(backbone.blocks)  # type: ignore[arg-type]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DistillationModel:
+        super()._apply(fn, recurse)
+        for expert in self.experts.values():
+            expert._apply(fn, recurse)
+        return self
 
     def train(self, mode: bool = True) -> DistillationModel:
         super().train(mode)

@@ -1,0 +1,165 @@
+"""Training configuration: dataclasses, YAML files and ``key=value`` overrides (OmegaConf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "vit_large_patch14"
+    img_size: int = 224
+    drop_path_rate: float = 0.4
+    init_values: float | None = 1e-5
+    num_register_tokens: int = 0
+    ffn_layer: str = "mlp"
+    depth: int | None = None  # override the architecture's depth (tiny runs)
+    weights: str | None = None  # initialise from a checkpoint (any layout convert_checkpoint knows)
+
+
+@dataclass
+class ExpertConfig:
+    name: str = ""
+    encoder: str = ""  # a gpfm.backbone zoo entry or a create_vit architecture name
+    weights: str | None = None
+    random_init: bool = False  # tests and demos only
+    overrides: dict[str, Any] = field(default_factory=dict)  # create_vit overrides
+    cls_weight: float = 1.0
+    patch_weight: float = 0.0
+
+
+@dataclass
+class LossSettings:
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+    prototypes: int = 65_536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    separate_ibot_head: bool = False
+    centering: str = "softmax"  # or sinkhorn
+    expert_cls_loss: str = "cosine"  # or kl
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_probability: float = 0.5
+
+
+@dataclass
+class AugmentSettings:
+    global_size: int = 224
+    local_size: int = 98
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    vertical_flip: bool = True
+    rotate90: bool = True
+    hed_sigma: float = 0.0
+    dinov2_blur_quirk: bool = False
+
+
+@dataclass
+class DataSettings:
+    source: str = "synthetic"  # synthetic | folder | slides
+    path: str | None = None  # folder or list file (folder); coords folder (slides)
+    slides_dir: str | None = None  # where slides are, if coords files do not record it
+    patches_per_slide: int = 64
+    synthetic_length: int = 256
+    synthetic_size: int = 256
+    batch_size_per_device: int = 96
+    num_workers: int = 8
+
+
+@dataclass
+class OptimSettings:
+    base_lr: float = 4e-4  # scaled by sqrt(global batch / 1024)
+    min_lr: float = 1e-6
+    warmup_steps: int = 10_000
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    layer_decay: float = 0.9
+    patch_embed_lr_mult: float = 0.2
+    clip_grad: float = 3.0
+    momentum_teacher: float = 0.992
+    momentum_teacher_end: float = 1.0
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 37_500  # 30 of the reference code's 1,250-step "epochs"
+    freeze_last_layer_steps: int = 1_250  # one "epoch"
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/gpfm"
+    seed: int = 0
+    max_steps: int = 125_000
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "bf16"  # no | fp16 | bf16 (CPU runs use no)
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    resume: bool = True
+    student: StudentConfig = field(default_factory=StudentConfig)
+    experts: list[ExpertConfig] = field(default_factory=list)
+    loss: LossSettings = field(default_factory=LossSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configurations shipped with gpfm-train (``tiny_cpu``, ``gpfm_vitl14``)."""
+    folder = resources.files("gpfm.apps.train") / "configs"
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def resolve_config_path(name: str) -> Path:
+    """A YAML path as given, or a bundled configuration by name (``tiny_cpu``, ``configs/...``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml")
+    bundled = resources.files("gpfm.apps.train") / "configs" / f"{stem}.yaml"
+    if bundled.is_file():
+        return Path(str(bundled))
+    raise FileNotFoundError(
+        f"{name}: no such configuration file; bundled ones are {bundled_configs()}"
+    )
+
+
+def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Merge defaults, the YAML file and ``key=value`` overrides; unknown keys are errors."""
+    schema = OmegaConf.structured(TrainConfig)
+    from_file = OmegaConf.load(resolve_config_path(name))
+    merged = OmegaConf.merge(schema, from_file, OmegaConf.from_dotlist(list(overrides or [])))
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, TrainConfig)
+    return config
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_flat_dict(config: TrainConfig) -> dict[str, Any]:
+    """``{"optim.base_lr": 4e-4, ...}`` with plain values, for trackers' hyperparameters."""
+    container = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, bool | int | float | str) or value is None:
+            flat[prefix] = value
+        else:
+            flat[prefix] = str(value)
+
+    walk("", container)
+    return flat

@@ -1,0 +1,185 @@
+"""Pretraining data: synthetic patches, image folders, or N tiles sampled from each slide.
+
+Augmentation is seeded per (seed, epoch, sample), and masks per (seed, step), so a run gives
+the same batches whatever the number of DataLoader workers, and a resumed run gives the batches
+the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+from gpfm.apps.train.config import TrainConfig
+from gpfm.distill import (
+    BlockMaskingGenerator,
+    ImageFileDataset,
+    MultiCropAugmentation,
+    MultiCropConfig,
+    SyntheticPatchDataset,
+    collate_multicrop,
+)
+from gpfm.slide import PatchDataset, read_coords
+from gpfm.slide.tiling import Tiles
+
+logger = logging.getLogger(__name__)
+
+_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".dcm")
+
+
+class SeededAugmentation(Dataset[Any]):
+    """Wraps a dataset of images; item ``i`` of epoch ``e`` is augmented with its own seed."""
+
+    def __init__(self, images: Dataset[Any], augment: Callable[[Any], Any], seed: int) -> None:
+        self.images = images
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        image = self.images[index]
+        if isinstance(image, torch.Tensor):
+            image = (
+                image.numpy().transpose(1, 2, 0)
+                if image.ndim == 3 and image.shape[0] == 3
+                else image
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            crops = self.augment(image)
+        return {**crops, "index": index, "epoch": self.epoch}
+
+
+class EpochSampler(Sampler[int]):
+    """A fixed permutation per epoch (seeded), split across processes.
+
+    ``set_epoch(epoch, skip)`` selects the epoch and drops its first ``skip`` indices of this
+    process (a run resumed mid-epoch).
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length = length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch = epoch
+        self.skip = skip
+
+    def _indices(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.length, generator=generator).tolist()
+        per_rank = self.length // self.world_size
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank][self.skip :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return max(0, self.length // self.world_size - self.skip)
+
+
+class MultiCropCollate:
+    """Collate with iBOT masks drawn from a generator seeded by the batch's own samples."""
+
+    def __init__(self, config: TrainConfig, patch_size: int) -> None:
+        grid = config.augment.global_size // patch_size
+        self.generator = BlockMaskingGenerator((grid, grid))
+        self.mask_ratio = tuple(config.loss.mask_ratio)
+        self.mask_probability = config.loss.mask_probability
+        self.seed = config.seed
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        key = (self.seed, samples[0]["epoch"], tuple(s["index"] for s in samples))
+        rng = random.Random(hash(key))
+        return collate_multicrop(
+            samples,
+            self.generator,
+            mask_ratio=self.mask_ratio,
+            mask_probability=self.mask_probability,
+            rng=rng,
+        )
+
+
+def multicrop_augmentation(config: TrainConfig) -> MultiCropAugmentation:
+    a = config.augment
+    return MultiCropAugmentation(
+        MultiCropConfig(
+            global_size=a.global_size,
+            local_size=a.local_size,
+            n_local=a.n_local,
+            global_scale=tuple(a.global_scale),
+            local_scale=tuple(a.local_scale),
+            vertical_flip=a.vertical_flip,
+            rotate90=a.rotate90,
+            hed_sigma=a.hed_sigma,
+            dinov2_blur_quirk=a.dinov2_blur_quirk,
+        )
+    )
+
+
+def _find_slide(tiles: Tiles, coords_path: Path, slides_dir: str | None) -> Path:
+    if tiles.slide_path and Path(tiles.slide_path).is_file():
+        return Path(tiles.slide_path)
+    if slides_dir:
+        for suffix in _SLIDE_SUFFIXES:
+            candidate = Path(slides_dir) / f"{coords_path.stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"{coords_path}: its slide ({tiles.slide_path or coords_path.stem}) was not found; "
+        "pass data.slides_dir=FOLDER"
+    )
+
+
+def slide_patches(
+    coords_dir: str | Path, slides_dir: str | None, per_slide: int, seed: int
+) -> Dataset[Any]:
+    """``per_slide`` tiles drawn at random (seeded) from each slide's coordinates file."""
+    files = sorted(Path(coords_dir).glob("*.h5"))
+    if not files:
+        raise FileNotFoundError(f"{coords_dir}: no coordinates files (*.h5); run gpfm-slide tile")
+    datasets = []
+    rng = np.random.default_rng(seed)
+    for path in files:
+        tiles = read_coords(path)
+        if len(tiles) == 0:
+            logger.warning("%s: no tiles; skipped", path)
+            continue
+        chosen = np.sort(rng.choice(len(tiles), size=min(per_slide, len(tiles)), replace=False))
+        subset = replace(
+            tiles, coords=tiles.coords[chosen], tissue_fraction=tiles.tissue_fraction[chosen]
+        )
+        datasets.append(PatchDataset(_find_slide(tiles, path, slides_dir), subset))
+    logger.info("%d slides, %d patches", len(datasets), sum(len(d) for d in datasets))
+    return ConcatDataset(datasets)
+
+
+def image_dataset(config: TrainConfig) -> Dataset[Any]:
+    """The un-augmented images the configuration names."""
+    data = config.data
+    if data.source == "synthetic":
+        return SyntheticPatchDataset(data.synthetic_length, data.synthetic_size, seed=config.seed)
+    if data.source == "folder":
+        if not data.path:
+            raise ValueError("data.source=folder needs data.path (a folder or a list file)")
+        return ImageFileDataset(data.path)
+    if data.source == "slides":
+        if not data.path:
+            raise ValueError("data.source=slides needs data.path, the folder of coordinates files")
+        return slide_patches(data.path, data.slides_dir, data.patches_per_slide, config.seed)
+    raise ValueError(f"data.source must be synthetic, folder or slides, got {data.source!r}")

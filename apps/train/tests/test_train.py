@@ -1,0 +1,164 @@
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpfm.apps.train.__main__ import main
+from gpfm.apps.train.config import bundled_configs, load_config
+from gpfm.apps.train.tracking import read_metrics
+from gpfm.apps.train.trainer import TrainingError, build_model, train
+from gpfm.backbone import create_vit, load_checkpoint_strict
+
+
+def tiny(tmp_path, *overrides):
+    return load_config("tiny_cpu", [f"output_dir={tmp_path}", *overrides])
+
+
+def test_bundled_configurations_load_with_overrides(tmp_path):
+    assert {"tiny_cpu", "gpfm_vitl14"} <= set(bundled_configs())
+    paper = load_config("gpfm_vitl14")
+    assert paper.student.arch == "vit_large_patch14"
+    assert [(e.name, e.cls_weight, e.patch_weight) for e in paper.experts] == [
+        ("uni", 1.0, 0.25),
+        ("phikon", 0.5, 0.125),
+        ("conch", 1.0, 0.0),
+    ]
+    assert paper.loss.prototypes == 65_536 and paper.data.batch_size_per_device == 96
+    config = tiny(tmp_path, "max_steps=3", "optim.base_lr=0.01")
+    assert config.max_steps == 3 and config.optim.base_lr == 0.01
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(Exception, match="no_such_key"):
+        load_config("tiny_cpu", ["optim.no_such_key=1"])
+    with pytest.raises(FileNotFoundError, match="bundled"):
+        load_config("missing_config")
+
+
+@pytest.mark.slow
+def test_tiny_config_trains_logs_and_exports(tmp_path):
+    result = train(tiny(tmp_path))
+    history = result["history"]
+    assert len(history) == 20
+    first, last = history[0]["loss/total"], [h["loss/total"] for h in history[-5:]]
+    assert sum(last) / 5 < first
+    rows = read_metrics(tmp_path / "logs" / "metrics.csv")
+    assert len(rows) == 20
+    for column in (
+        "loss/dino",
+        "loss/ibot",
+        "loss/koleo",
+        "loss/expert_a_cls",
+        "loss/expert_b_patch",
+        "lr",
+        "weight_decay",
+        "momentum",
+        "teacher_temp",
+        "images_per_s",
+    ):
+        assert column in rows[0], column
+    assert rows[0]["teacher_temp"] == pytest.approx(0.04)
+    assert list((tmp_path / "logs").rglob("events.out.tfevents*"))
+    assert "vit_tiny_patch16" in (tmp_path / "config.yaml").read_text()
+    export = tmp_path / "export"
+    described = json.loads((export / "config.json").read_text())
+    assert described["embed_dim"] == 192
+    backbone = create_vit("vit_tiny_patch16", img_size=64, depth=4)
+    load_checkpoint_strict(backbone, export / "weights.safetensors")
+
+
+@pytest.mark.slow
+def test_resuming_gives_the_same_losses_step_for_step(tmp_path):
+    overrides = ["max_steps=6", "checkpoint_every=3", "data.synthetic_length=48"]
+    straight = train(tiny(tmp_path / "a", *overrides))["history"]
+    first_part = train(tiny(tmp_path / "b", *overrides), stop_after=3)
+    assert first_part["step"] == 3 and first_part["export"] is None
+    resumed = train(tiny(tmp_path / "b", *overrides))["history"]
+    assert [h["step"] for h in resumed] == [4, 5, 6]
+    for expected, got in zip(straight[3:], resumed, strict=True):
+        for key in ("loss/total", "loss/dino", "loss/ibot", "loss/expert_a_cls"):
+            assert got[key] == expected[key], (got["step"], key)
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_term(tmp_path, monkeypatch):
+    from gpfm.distill import DistillationModel
+
+    original = DistillationModel.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, teacher_temp):
+        terms = original(self, batch, teacher_temp)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            terms["ibot"] = terms["ibot"] * math.inf
+        return terms
+
+    monkeypatch.setattr(DistillationModel, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"step 5: loss term 'ibot'"):
+        train(tiny(tmp_path, "max_steps=8", "checkpoint_every=3"))
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["step_3"]
+    assert (tmp_path / "checkpoints" / "step_3" / "COMPLETE").exists()
+
+
+def test_gradients_never_reach_teacher_or_experts(tmp_path):
+    model = build_model(tiny(tmp_path))
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert not any(p.requires_grad for e in model.experts.values() for p in e.parameters())
+
+
+@pytest.mark.slow
+def test_pretraining_on_slides_samples_tiles_per_slide(tmp_path):
+    from gpfm.slide import make_synthetic_slide, open_slide, tile, write_coords
+
+    coords = tmp_path / "coords"
+    for index in range(2):
+        synthetic = make_synthetic_slide(tmp_path / f"s{index}.tiff", 2000, 1500, 0.5, seed=index)
+        with open_slide(synthetic.path) as slide:
+            write_coords(
+                coords / f"s{index}.h5", tile(slide, mpp=0.5, patch_size=96, min_tissue=0.5)
+            )
+    config = tiny(
+        tmp_path / "run",
+        "data.source=slides",
+        f"data.path={coords}",
+        "data.patches_per_slide=12",
+        "max_steps=2",
+    )
+    result = train(config)
+    assert result["step"] == 2 and result["export"] is not None
+
+
+def test_command_line_reports_bad_configuration(tmp_path, capsys):
+    assert main(["tiny_cpu", f"output_dir={tmp_path}", "data.source=folder"]) == 1
+    assert "data.path" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_launch(tmp_path):
+    accelerate = shutil.which("accelerate") or str(
+        __import__("pathlib").Path(sys.executable).parent / "accelerate"
+    )
+    command = [
+        accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "gpfm.apps.train", "tiny_cpu", f"output_dir={tmp_path}", "max_steps=3",
+        "checkpoint_every=3",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "export" / "weights.safetensors").exists()
+    assert len(read_metrics(tmp_path / "logs" / "metrics.csv")) == 3
+
+
+def test_centres_are_identical_across_processes_after_all_reduce():
+    # One process: the all-reduce is the identity and the centre is the plain EMA of the mean.
+    from gpfm.distill import DINOLoss
+
+    loss = DINOLoss(4, center_momentum=0.5)
+    loss.update_center(torch.ones(3, 4))
+    torch.testing.assert_close(loss.center, torch.full((1, 4), 0.5))
