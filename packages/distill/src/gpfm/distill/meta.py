@@ -82,40 +82,67 @@ class DistillationModel(nn.Module):
         return side["ibot_head"] if "ibot_head" in side else side["dino_head"]
 
     def forward(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Tensor]:
-        global_crops: Tensor = batch["global_crops"]
-        local_crops: Tensor = batch["local_crops"]
-        masks: Tensor = batch["masks"]
+        """The loss terms of one multi-crop batch (see ``collate_multicrop``)."""
+        targets = self.teacher_targets(batch, teacher_temp)
+        experts = self.expert_outputs(batch["global_crops"])
+        student = self.student_outputs(batch)
+        return self.loss_terms(batch, targets, experts, student)
+
+    @torch.no_grad()
+    def teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Tensor]:
+        """Teacher targets of the global crops' class tokens and of the masked patch tokens."""
+        masks = batch["masks"]
+        teacher = self.teacher["backbone"](batch["global_crops"])
+        cls_logits = self.teacher["dino_head"](teacher["cls"])
+        patch_logits = self._ibot_head(self.teacher)(teacher["patch"][masks])
+        cls, patch = self.loss.teacher_targets(cls_logits, patch_logits, teacher_temp)
+        return {"cls": cls, "patch": patch}
+
+    @torch.no_grad()
+    def expert_outputs(self, global_crops: Tensor) -> dict[str, dict[str, Tensor | None]]:
+        """Each frozen expert's tokens of the unmasked global crops."""
+        return {name: expert(global_crops) for name, expert in self.experts.items()}
+
+    def student_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Student tokens of all crops (global ones masked) and its prototype logits."""
+        crops = [batch["global_crops"]]
+        if int(batch["n_local"]):
+            crops.append(batch["local_crops"])
+        outputs = self.student["backbone"](
+            crops, masks=[batch["masks"]] + [None] * (len(crops) - 1)
+        )
+        all_cls = torch.cat([out["cls"] for out in outputs])
+        return {
+            "global": outputs[0],
+            "cls_logits": self.student["dino_head"](all_cls),
+            "patch_logits": self._ibot_head(self.student)(outputs[0]["patch"][batch["masks"]]),
+        }
+
+    def loss_terms(
+        self,
+        batch: dict[str, Any],
+        targets: dict[str, Tensor],
+        experts: dict[str, dict[str, Tensor | None]],
+        student: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        """The weighted terms and ``total`` from the three sides' outputs."""
         n_global, n_local = int(batch["n_global"]), int(batch["n_local"])
+        global_crops = batch["global_crops"]
         grid = (
             global_crops.shape[-2] // self.patch_size,
             global_crops.shape[-1] // self.patch_size,
         )
-
-        with torch.no_grad():
-            teacher = self.teacher["backbone"](global_crops)
-            cls_logits = self.teacher["dino_head"](teacher["cls"])
-            patch_logits = self._ibot_head(self.teacher)(teacher["patch"][masks])
-            cls_targets, patch_targets = self.loss.teacher_targets(
-                cls_logits, patch_logits, teacher_temp
-            )
-            expert_outputs = {name: expert(global_crops) for name, expert in self.experts.items()}
-
-        crops = [global_crops] + ([local_crops] if n_local else [])
-        outputs = self.student["backbone"](crops, masks=[masks] + [None] * (len(crops) - 1))
-        student_global = outputs[0]
-        all_cls = torch.cat([out["cls"] for out in outputs])
-        student_cls_logits = self.student["dino_head"](all_cls)
-        student_patch_logits = self._ibot_head(self.student)(student_global["patch"][masks])
+        student_global = student["global"]
         return self.loss(
-            student_cls_logits=list(student_cls_logits.chunk(n_global + n_local)),
-            teacher_cls_targets=list(cls_targets.chunk(n_global)),
-            student_patch_logits=student_patch_logits,
-            teacher_patch_targets=patch_targets,
-            masks=masks,
+            student_cls_logits=list(student["cls_logits"].chunk(n_global + n_local)),
+            teacher_cls_targets=list(targets["cls"].chunk(n_global)),
+            student_patch_logits=student["patch_logits"],
+            teacher_patch_targets=targets["patch"],
+            masks=batch["masks"],
             student_global_cls=list(student_global["cls"].chunk(n_global)),
             student_global_patch=student_global["patch"],
             grid=grid,
-            expert_outputs=expert_outputs,
+            expert_outputs=experts,
         )
 
     @torch.no_grad()
