@@ -4,7 +4,7 @@ from gpfm.apps.demo.__main__ import main, run, tissue_iou
 
 
 def test_demo_chain_runs_and_writes_its_summary(tmp_path):
-    summary = run(tmp_path, num_slides=2, size=3000, seed=5)
+    summary = run(tmp_path, num_slides=2, size=3000, seed=5, pretrain_steps=2)
     assert [r["slide"] for r in summary["slides"]] == ["synthetic-00.tiff", "synthetic-01.tiff"]
     for record in summary["slides"]:
         assert record["tiles"] > 0
@@ -12,10 +12,15 @@ def test_demo_chain_runs_and_writes_its_summary(tmp_path):
         assert record["batch_shape"][1:] == [3, 224, 224]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "tiles" / "qc" / "synthetic-00.png").exists()
+    assert summary["pretraining"]["steps"] == 2
+    assert (tmp_path / "pretraining" / "export" / "weights.safetensors").exists()
 
 
 def test_command_line_prints_one_line_per_slide(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--slides", "1", "--size", "2500"]) == 0
+    assert (
+        main(["--out", str(tmp_path), "--slides", "1", "--size", "2500", "--pretrain-steps", "1"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "synthetic-00.tiff" in printed and "tissue IoU" in printed
 
