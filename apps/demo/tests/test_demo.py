@@ -13,7 +13,7 @@ def test_demo_chain_runs_and_writes_its_summary(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "tiles" / "qc" / "synthetic-00.png").exists()
     assert summary["pretraining"]["steps"] == 2
-    assert (tmp_path / "pretraining" / "export" / "weights.safetensors").exists()
+    assert (tmp_path / "pretraining" / "export" / "encoder.json").exists()
 
 
 def test_command_line_prints_one_line_per_slide(tmp_path, capsys):

@@ -1,4 +1,3 @@
-import json
 import math
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from gpfm.apps.train.__main__ import main
 from gpfm.apps.train.config import bundled_configs, load_config
 from gpfm.apps.train.tracking import read_metrics
 from gpfm.apps.train.trainer import TrainingError, build_model, train
-from gpfm.backbone import create_vit, load_checkpoint_strict
+from gpfm.backbone import load_checkpoint_strict, load_encoder
 
 
 def tiny(tmp_path, *overrides):
@@ -64,11 +63,12 @@ def test_tiny_config_trains_logs_and_exports(tmp_path):
     assert rows[0]["teacher_temp"] == pytest.approx(0.04)
     assert list((tmp_path / "logs").rglob("events.out.tfevents*"))
     assert "vit_tiny_patch16" in (tmp_path / "config.yaml").read_text()
-    export = tmp_path / "export"
-    described = json.loads((export / "config.json").read_text())
-    assert described["embed_dim"] == 192
-    backbone = create_vit("vit_tiny_patch16", img_size=64, depth=4)
-    load_checkpoint_strict(backbone, export / "weights.safetensors")
+    encoder = load_encoder(tmp_path / "export")
+    assert encoder.embed_dim == 192 and encoder.input_size == 64
+    teacher = build_model(tiny(tmp_path / "again"))
+    load_checkpoint_strict(teacher.student["backbone"], encoder.model.state_dict())
+    tiles = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert encoder(encoder.transform(tiles)).shape == (2, 192)
 
 
 @pytest.mark.slow
@@ -103,6 +103,17 @@ def test_a_non_finite_loss_stops_with_the_step_and_term(tmp_path, monkeypatch):
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["step_3"]
     assert (tmp_path / "checkpoints" / "step_3" / "COMPLETE").exists()
+
+
+def test_zoo_encoders_serve_as_experts(tmp_path):
+    config = tiny(tmp_path)
+    config.experts[0].encoder, config.experts[0].overrides = "resnet50-imagenet", {}
+    config.experts[1].encoder, config.experts[1].overrides = "vit_tiny_patch16", {}
+    model = build_model(config)
+    images = torch.randn(2, 3, 64, 64)
+    resnet, vit = model.experts["expert_a"](images), model.experts["expert_b"](images)
+    assert resnet["cls"].shape == (2, 1024) and resnet["patch"] is None  # a CNN: CLS only
+    assert vit["cls"].shape == (2, 192) and vit["patch"].shape == (2, 196, 192)
 
 
 def test_gradients_never_reach_teacher_or_experts(tmp_path):
@@ -151,7 +162,7 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "export" / "weights.safetensors").exists()
+    assert (tmp_path / "export" / "encoder.json").exists()
     assert len(read_metrics(tmp_path / "logs" / "metrics.csv")) == 3
 
 

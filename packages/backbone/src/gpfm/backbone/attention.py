@@ -48,7 +48,7 @@ def resolve_backend(requested: str | None, device: torch.device) -> Backend:
             "xformers attention needs a CUDA device and the xformers package "
             "(pip install 'gpfm-backbone[xformers]'); use sdpa or math here"
         )
-    return name  # type: ignore[return-value]
+    return name
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, backend: Backend) -> Tensor:

@@ -27,7 +27,7 @@ def build_expert(config: ExpertConfig, seed: int) -> FrozenExpert:
 
     encoder = load_encoder(config.encoder, weights=config.weights, random_init=config.random_init)
     return FrozenExpert(
-        encoder.model,
+        encoder,
         encoder.embed_dim,
         forward=_zoo_tokens(encoder),
         input_size=encoder.input_size,
@@ -37,8 +37,17 @@ def build_expert(config: ExpertConfig, seed: int) -> FrozenExpert:
 
 
 def _zoo_tokens(encoder: Any) -> Any:
+    """CLS target = the embedding the model's authors recommend; patch target = the final-norm
+    patch tokens, when the model has them in the same space (a CNN, or CONCH whose embedding is
+    projected to another size, gives the CLS term only)."""
+
     def forward(images: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        tokens = encoder.forward_tokens(images)
-        return {"cls": encoder(images), "patch": tokens.get("patch") if tokens else None}
+        embedding = encoder(images)
+        patch = None
+        if encoder.has_tokens:
+            tokens = encoder.forward_tokens(images)
+            if tokens["patch"].shape[-1] == embedding.shape[-1]:
+                patch = tokens["patch"]
+        return {"cls": embedding, "patch": patch}
 
     return forward

@@ -3,7 +3,6 @@ checkpoints that resume exactly, trackers, NaN guard and the teacher's export.""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -28,7 +27,7 @@ from gpfm.apps.train.data import (
 )
 from gpfm.apps.train.experts import build_expert
 from gpfm.apps.train.tracking import CSVTracker
-from gpfm.backbone import create_vit, load_checkpoint_strict, save_safetensors
+from gpfm.backbone import create_vit, export_encoder, load_checkpoint_strict
 from gpfm.distill import (
     DistillationModel,
     ExpertSpec,
@@ -91,21 +90,6 @@ def build_student(config: TrainConfig) -> torch.nn.Module:
     return student
 
 
-def architecture(config: TrainConfig) -> dict[str, Any]:
-    """The student's ``create_vit`` arguments, as recorded in an export."""
-    s = config.student
-    arch: dict[str, Any] = {
-        "arch": s.arch,
-        "img_size": s.img_size,
-        "init_values": s.init_values,
-        "num_register_tokens": s.num_register_tokens,
-        "ffn_layer": s.ffn_layer,
-    }
-    if s.depth is not None:
-        arch["depth"] = s.depth
-    return arch
-
-
 def build_model(config: TrainConfig) -> DistillationModel:
     experts = {
         e.name: build_expert(e, seed=config.seed + index + 1)
@@ -135,30 +119,18 @@ def build_model(config: TrainConfig) -> DistillationModel:
 
 
 def export_teacher(model: DistillationModel, config: TrainConfig, folder: Path, step: int) -> Path:
-    """Write the teacher backbone as ``weights.safetensors`` + ``config.json`` into ``folder``.
+    """Write the teacher backbone as an encoder folder (``encoder.json`` + safetensors).
 
-    The folder is an encoder for ``gpfm.backbone.load_encoder(folder)``.
+    ``gpfm.backbone.load_encoder(folder)`` loads it back, with GPFM's preprocessing (resize to
+    the student's input size, ImageNet mean/std) and the class token as the embedding.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    backbone = model.teacher["backbone"]
-    arch = architecture(config)
-    save_safetensors(backbone, folder / "weights.safetensors", {"architecture": arch, "step": step})
-    description = {
-        "format": "gpfm-backbone-encoder",
-        "name": Path(config.output_dir).name,
-        "architecture": arch,
-        "embed_dim": int(backbone.embed_dim),
-        "embedding": "cls",
-        "input_size": config.student.img_size,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "weights": "weights.safetensors",
-        "step": step,
-    }
-    temporary = folder / ".config.json.tmp"
-    temporary.write_text(json.dumps(description, indent=2))
-    temporary.replace(folder / "config.json")
-    return folder
+    return export_encoder(
+        model.teacher["backbone"],
+        folder,
+        name=Path(config.output_dir).name,
+        architecture=config.student.arch,
+        metadata={"step": step, "config": to_flat_dict(config)},
+    )
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
