@@ -8,8 +8,9 @@ terms["total"].backward(); optimizer.step(); model.update_teacher(momentum)
 """
 
 from gpfm.distill.augment import HEDJitter, MultiCropAugmentation, MultiCropConfig
+from gpfm.distill.centering import TeacherCentering, sinkhorn_knopp
 from gpfm.distill.data import ImageFileDataset, SyntheticPatchDataset
-from gpfm.distill.dino_loss import DINOLoss, sinkhorn_knopp
+from gpfm.distill.dino_loss import DINOLoss
 from gpfm.distill.ema import update_ema
 from gpfm.distill.expert_loss import ExpertDistillationLoss, ExpertSpec
 from gpfm.distill.experts import FrozenExpert
@@ -38,6 +39,7 @@ __all__ = [
     "MultiCropAugmentation",
     "MultiCropConfig",
     "SyntheticPatchDataset",
+    "TeacherCentering",
     "UnifiedDistillationLoss",
     "apply_schedules",
     "collate_multicrop",

@@ -312,19 +312,11 @@ class MeanMIL(nn.Module):
         return MILOutput(self.classifier(pooled), attention)
 
 
-class MaxMIL(nn.Module):
+class MaxMIL(MeanMIL):
     """Baseline: embed tiles, take the maximum of each embedding dimension, classify.
 
     ``attention`` of a tile is the fraction of embedding dimensions whose maximum it supplies.
     """
-
-    def __init__(
-        self, in_dim: int, n_classes: int, hidden_dim: int = 512, dropout: float = 0.25
-    ) -> None:
-        super().__init__()
-        self.in_dim, self.n_classes = in_dim, n_classes
-        self.embed = _embedding(in_dim, hidden_dim, dropout)
-        self.classifier = nn.Linear(hidden_dim, n_classes)
 
     def forward(
         self, features: Tensor, mask: Tensor | None = None, target: Tensor | None = None

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gpfm.distill import MultiCropConfig
+
 
 @dataclass
 class StudentConfig:
@@ -46,19 +48,6 @@ class LossSettings:
     expert_cls_loss: str = "cosine"  # or kl
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_probability: float = 0.5
-
-
-@dataclass
-class AugmentSettings:
-    global_size: int = 224
-    local_size: int = 98
-    n_local: int = 8
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    vertical_flip: bool = True
-    rotate90: bool = True
-    hed_sigma: float = 0.0
-    dinov2_blur_quirk: bool = False
 
 
 @dataclass
@@ -106,7 +95,10 @@ class TrainConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     experts: list[ExpertConfig] = field(default_factory=list)
     loss: LossSettings = field(default_factory=LossSettings)
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    # Pathology tiles have no canonical orientation: vertical flips and 90° rotations on.
+    augment: MultiCropConfig = field(
+        default_factory=lambda: MultiCropConfig(vertical_flip=True, rotate90=True)
+    )
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
 

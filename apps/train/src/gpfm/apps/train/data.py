@@ -23,7 +23,6 @@ from gpfm.distill import (
     BlockMaskingGenerator,
     ImageFileDataset,
     MultiCropAugmentation,
-    MultiCropConfig,
     SyntheticPatchDataset,
     collate_multicrop,
 )
@@ -116,20 +115,7 @@ class MultiCropCollate:
 
 
 def multicrop_augmentation(config: TrainConfig) -> MultiCropAugmentation:
-    a = config.augment
-    return MultiCropAugmentation(
-        MultiCropConfig(
-            global_size=a.global_size,
-            local_size=a.local_size,
-            n_local=a.n_local,
-            global_scale=tuple(a.global_scale),
-            local_scale=tuple(a.local_scale),
-            vertical_flip=a.vertical_flip,
-            rotate90=a.rotate90,
-            hed_sigma=a.hed_sigma,
-            dinov2_blur_quirk=a.dinov2_blur_quirk,
-        )
-    )
+    return MultiCropAugmentation(config.augment)
 
 
 def _find_slide(tiles: Tiles, coords_path: Path, slides_dir: str | None) -> Path:

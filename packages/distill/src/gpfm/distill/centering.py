@@ -1,0 +1,63 @@
+"""Teacher targets from prototype logits: softmax centring (EMA centre) or Sinkhorn-Knopp.
+
+Shared by the DINO (class tokens) and iBOT (masked patch tokens) losses, each with its own
+centre. Everything here runs in fp32 and sums its statistics over all processes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gpfm.distill.distributed import all_reduce_sum, world_size
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: Tensor, temp: float, n_iters: int = 3) -> Tensor:
+    """Teacher targets (B, K) with equal mass on every prototype (SwAV's Sinkhorn-Knopp).
+
+    Computed in fp32; the batch statistics are summed over all processes, so every process
+    balances the prototypes of the global batch.
+    """
+    q = torch.exp(teacher_logits.float() / temp).t()  # (K, B)
+    batch = torch.tensor(q.shape[1] * world_size(), dtype=q.dtype, device=q.device)
+    prototypes = q.shape[0]
+    q /= all_reduce_sum(q.sum().clone())
+    for _ in range(n_iters):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1/K
+        q /= prototypes
+        q /= q.sum(dim=0, keepdim=True)  # each sample: total mass 1/B
+        q /= batch
+    q *= batch  # each column sums to 1
+    return q.t()
+
+
+class TeacherCentering(nn.Module):
+    """An EMA centre of teacher logits and the two ways of turning logits into targets."""
+
+    center: Tensor
+
+    def __init__(self, out_dim: int, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def softmax_center_teacher(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
+        """softmax((t − centre) / teacher_temp) in fp32."""
+        return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def sinkhorn_knopp_teacher(
+        self, teacher_logits: Tensor, teacher_temp: float, n_iters: int = 3
+    ) -> Tensor:
+        return sinkhorn_knopp(teacher_logits, teacher_temp, n_iters)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: Tensor) -> None:
+        """centre ← m·centre + (1 − m)·mean of the rows of ``teacher_logits`` over all processes."""
+        rows = torch.tensor(float(teacher_logits.shape[0]), device=teacher_logits.device)
+        total = all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
+        mean = total / all_reduce_sum(rows).clamp(min=1.0)
+        self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
