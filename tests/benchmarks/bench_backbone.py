@@ -50,12 +50,14 @@ def images_per_second(run: Callable[[], object], batch: int, repeats: int) -> fl
 
 
 def best_rates(runs: dict[str, Callable[[], object]], batch: int, rounds: int) -> dict[str, float]:
-    """Best images/s of each run over ``rounds`` interleaved rounds (noise hits both alike)."""
+    """Best images/s of each run over ``rounds`` interleaved rounds, the order alternating each
+    round (so neither side always runs first; noise then hits both alike)."""
     for run in runs.values():
         run()  # warm-up
     best = dict.fromkeys(runs, 0.0)
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for round_index in range(rounds):
+        order = list(runs.items())
+        for name, run in order if round_index % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             run()
             best[name] = max(best[name], batch / (time.perf_counter() - start))
@@ -131,7 +133,7 @@ def gpu(batch: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--gpu-batch", type=int, default=256)
     args = parser.parse_args()
     cpu(args.batch, args.repeats)

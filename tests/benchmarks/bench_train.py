@@ -16,6 +16,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -100,7 +101,7 @@ def main() -> None:
 
     small = load_config("tiny_cpu")
     small.student.arch, small.student.img_size, small.student.depth = "vit_small_patch16", 224, None
-    small.augment.global_size, small.augment.local_size, small.augment.n_local = 224, 96, 8
+    small.augment = replace(small.augment, global_size=224, local_size=96, n_local=8)
     small.data.synthetic_size = 256
     small.loss.prototypes, small.loss.head_hidden_dim, small.loss.head_bottleneck_dim = (
         65_536,
