@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gpfm.backbone.checkpoint import CheckpointError
-
-_WRAPPERS = ("state_dict", "model", "module", "teacher")
+from gpfm.backbone.checkpoint import CheckpointError, unwrap
 
 
 def unwrap_tensors(
@@ -21,15 +19,7 @@ def unwrap_tensors(
     Raises:
         CheckpointError: no tensors at all.
     """
-    current: Mapping[str, Any] = checkpoint
-    for _ in range(3):
-        inner = next((current[k] for k in _WRAPPERS if isinstance(current.get(k), Mapping)), None)
-        if inner is None:
-            break
-        current = inner
-    tensors = {k: v for k, v in current.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise CheckpointError(f"no tensors in the checkpoint (keys: {list(checkpoint)[:8]})")
+    tensors = unwrap(checkpoint)
     for prefix in strip:
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
