@@ -14,6 +14,11 @@ def test_demo_chain_runs_and_writes_its_summary(tmp_path):
     assert (tmp_path / "tiles" / "qc" / "synthetic-00.png").exists()
     assert summary["pretraining"]["steps"] == 2
     assert (tmp_path / "pretraining" / "export" / "encoder.json").exists()
+    probe = summary["tumour_probe"]
+    assert sum(probe["tiles"].values()) == sum(r["tiles"] for r in summary["slides"])
+    assert 0.0 <= probe["test_balanced_accuracy"] <= 1.0
+    feature_files = sorted((tmp_path / "features").rglob("*.h5"))
+    assert [p.stem for p in feature_files] == ["synthetic-00", "synthetic-01"]
 
 
 def test_command_line_prints_one_line_per_slide(tmp_path, capsys):

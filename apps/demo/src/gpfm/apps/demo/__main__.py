@@ -8,7 +8,10 @@
 4. scores the tissue detection against the generator's ground truth;
 5. pretrains a tiny ViT with GPFM's unified distillation (two tiny random experts) on tiles
    sampled from those slides, and exports its teacher;
-and writes ``summary.json``. Later stages (features, benchmark) join as they land.
+6. loads the exported teacher as an encoder, writes every tile's features (HDF5, one file per
+   slide) and fits a linear probe for tumour vs. non-tumour tiles (ground truth from the
+   generator), validated and tested on held-out slides;
+and writes ``summary.json``. The benchmark's leaderboard joins when it lands.
 """
 
 from __future__ import annotations
@@ -23,13 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gpfm.apps.train.config import load_config
 from gpfm.apps.train.trainer import train
+from gpfm.backbone import load_encoder
+from gpfm.heads import balanced_accuracy, fit_linear_probe, write_features
 from gpfm.slide import (
     PatchDataset,
+    SyntheticSlide,
+    Tiles,
     make_synthetic_slide,
     open_slide,
     read_coords,
@@ -70,6 +78,64 @@ def pretrain(out: Path, coords_dir: Path, steps: int, seed: int) -> dict[str, An
         "last_total_loss": round(history[-1]["loss/total"], 4) if history else None,
         "export": str(result["export"]),
     }
+
+
+def tile_tumour_labels(synthetic: SyntheticSlide, tiles: Tiles) -> np.ndarray:
+    """1 where the generator painted tumour under the tile's centre, else 0."""
+    centres = (tiles.coords + tiles.patch_size_level0 // 2) // synthetic.mask_downsample
+    rows = np.clip(centres[:, 1], 0, synthetic.tumour_mask.shape[0] - 1)
+    cols = np.clip(centres[:, 0], 0, synthetic.tumour_mask.shape[1] - 1)
+    return synthetic.tumour_mask[rows, cols].astype(np.int64)
+
+
+@torch.no_grad()
+def features_and_probe(
+    out: Path, cohort: list[SyntheticSlide], coords_dir: Path, export: Path
+) -> dict[str, Any]:
+    """Features of every tile with the exported encoder, then a tumour linear probe."""
+    encoder = load_encoder(export)
+    features_dir = out / "features" / encoder.name
+    per_slide: list[tuple[np.ndarray, np.ndarray]] = []
+    for synthetic in tqdm(cohort, desc="extracting features", unit="slide"):
+        tiles = read_coords(coords_dir / f"{synthetic.path.stem}.h5")
+        dataset = PatchDataset(synthetic.path, tiles, transform=encoder.transform)
+        batches = [encoder(batch) for batch in DataLoader(dataset, batch_size=64)]
+        features = torch.cat(batches).numpy()
+        write_features(
+            features_dir / f"{synthetic.path.stem}.h5",
+            features,
+            tiles.coords,
+            encoder=encoder.name,
+            mpp=tiles.mpp,
+            patch_size=tiles.patch_size,
+            weights_sha256=encoder.weights_sha256 or "",
+        )
+        per_slide.append((features, tile_tumour_labels(synthetic, tiles)))
+    # Held-out slides where there are three or more; else a seeded split of the tiles.
+    if len(per_slide) >= 3:
+        train = per_slide[:-2]
+        x_train = np.concatenate([f for f, _ in train])
+        y_train = np.concatenate([y for _, y in train])
+        (x_val, y_val), (x_test, y_test) = per_slide[-2], per_slide[-1]
+    else:
+        x_all = np.concatenate([f for f, _ in per_slide])
+        y_all = np.concatenate([y for _, y in per_slide])
+        order = np.random.default_rng(0).permutation(len(y_all))
+        thirds = np.array_split(order, 3)
+        x_train, y_train = x_all[thirds[0]], y_all[thirds[0]]
+        x_val, y_val = x_all[thirds[1]], y_all[thirds[1]]
+        x_test, y_test = x_all[thirds[2]], y_all[thirds[2]]
+    result: dict[str, Any] = {
+        "features": str(features_dir),
+        "tiles": {"train": len(y_train), "val": len(y_val), "test": len(y_test)},
+    }
+    if min(len(np.unique(y)) for y in (y_train, y_val, y_test)) < 2:
+        result["skipped"] = "a split has tiles of one class only"
+        return result
+    probe = fit_linear_probe(x_train, y_train, x_val, y_val)
+    result["C"] = probe.C
+    result["test_balanced_accuracy"] = round(balanced_accuracy(y_test, probe.predict(x_test)), 4)
+    return result
 
 
 def run(
@@ -113,9 +179,11 @@ def run(
             }
         )
     pretraining = pretrain(out, tiles_dir / "coords", steps=pretrain_steps, seed=seed)
+    probe = features_and_probe(out, cohort, tiles_dir / "coords", Path(pretraining["export"]))
     summary = {
         "slides": per_slide,
         "pretraining": pretraining,
+        "tumour_probe": probe,
         "outputs": {"slides": str(slides_dir), "tiles": str(tiles_dir)},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -144,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"pretraining: {pretraining['steps']} steps, total loss {pretraining['first_total_loss']}"
         f" -> {pretraining['last_total_loss']}; teacher exported to {pretraining['export']}"
     )
+    probe = summary["tumour_probe"]
+    if "test_balanced_accuracy" in probe:
+        print(
+            f"tumour probe on the pretrained encoder's features: balanced accuracy "
+            f"{probe['test_balanced_accuracy']:.3f} on held-out tiles ({probe['tiles']})"
+        )
+    else:
+        print(f"tumour probe skipped: {probe['skipped']}")
     print(f"demo finished in {summary['seconds']} s; outputs in {args.out}")
     return 0
 
