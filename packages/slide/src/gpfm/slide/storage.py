@@ -32,10 +32,11 @@ def package_version() -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    An interrupted write never leaves a half file under the final name.
+    An interrupted write never leaves a half file under the final name. ``durable=True`` also
+    fsyncs the file before the rename and the folder after it (worth it for large outputs).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,11 +44,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        if durable:
+            _fsync(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+    if durable:
+        with contextlib.suppress(OSError):  # folders cannot be fsynced everywhere
+            _fsync(path.parent)
+
+
+def _fsync(path: str | Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_coords(path: str | Path, tiles: Tiles) -> Path:

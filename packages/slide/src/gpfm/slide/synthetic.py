@@ -42,13 +42,11 @@ How it stays fast and small in memory (a 100,000 x 100,000 px slide never exists
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
 import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,6 +58,8 @@ import imagecodecs
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
+
+from gpfm.slide.storage import atomic_path
 
 __all__ = ["SyntheticSlide", "make_synthetic_slide"]
 
@@ -697,48 +697,33 @@ def _write_pyramid(
 
     ``dims`` are the ``(width, height)`` of each level (level ``k`` downsampled by ``4**k``),
     ``level_tiles`` yields, per level, the tiles' JPEG bytes in row-major order as produced by
-    :func:`_encode_jpeg`.  The TIFF is written to a temporary file next to ``dest``, fsynced
-    and renamed over ``dest``; on any error the temporary file is removed.
+    :func:`_encode_jpeg`.  The TIFF is written through ``atomic_path(durable=True)``: a
+    temporary file next to ``dest``, fsynced and renamed over it; removed on any error.
     """
     width, height = dims[0]
     bigtiff = width * height * 3 >= 2**32 - 2**26
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            for level, ((lw, lh), tiles) in enumerate(zip(dims, level_tiles, strict=True)):
-                ppcm = 1e4 / (mpp * LEVEL_DOWNSAMPLE**level)  # pixels per centimetre
-                tw.write(
-                    iter(tiles),
-                    shape=(lh, lw, 3),
-                    dtype=np.uint8,
-                    tile=(tile_size, tile_size),
-                    photometric="rgb",
-                    compression="jpeg",
-                    subsampling=(2, 2),
-                    resolution=(ppcm, ppcm),
-                    resolutionunit="CENTIMETER",
-                    description=description if level == 0 else None,
-                    software="gpfm.slide.synthetic",
-                    subfiletype=1 if level else 0,
-                    metadata=None,
-                    maxworkers=1,
-                )
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where supported
-        dfd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with (
+        atomic_path(dest, durable=True) as temporary,
+        tifffile.TiffWriter(temporary, bigtiff=bigtiff) as tw,
+    ):
+        for level, ((lw, lh), tiles) in enumerate(zip(dims, level_tiles, strict=True)):
+            ppcm = 1e4 / (mpp * LEVEL_DOWNSAMPLE**level)  # pixels per centimetre
+            tw.write(
+                iter(tiles),
+                shape=(lh, lw, 3),
+                dtype=np.uint8,
+                tile=(tile_size, tile_size),
+                photometric="rgb",
+                compression="jpeg",
+                subsampling=(2, 2),
+                resolution=(ppcm, ppcm),
+                resolutionunit="CENTIMETER",
+                description=description if level == 0 else None,
+                software="gpfm.slide.synthetic",
+                subfiletype=1 if level else 0,
+                metadata=None,
+                maxworkers=1,
+            )
 
 
 def make_synthetic_slide(

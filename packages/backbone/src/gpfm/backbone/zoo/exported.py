@@ -33,14 +33,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from gpfm.backbone.checkpoint import CheckpointError, read_checkpoint, save_safetensors
+from gpfm.backbone.checkpoint import (
+    CheckpointError,
+    atomic_path,
+    read_checkpoint,
+    save_safetensors,
+)
 from gpfm.backbone.vit import LayerScale, SwiGLU, VisionTransformer
 from gpfm.backbone.weights import EXPORT_CONFIG, WeightsError, file_sha256, resolve_weights
 from gpfm.backbone.zoo.encoder import Encoder
@@ -244,12 +248,5 @@ def load_exported_encoder(
 
 
 def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
