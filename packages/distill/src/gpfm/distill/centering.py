@@ -21,7 +21,9 @@ def sinkhorn_knopp(teacher_logits: Tensor, temp: float, n_iters: int = 3) -> Ten
     balances the prototypes of the global batch.
     """
     q = torch.exp(teacher_logits.float() / temp).t()  # (K, B)
-    batch = torch.tensor(q.shape[1] * world_size(), dtype=q.dtype, device=q.device)
+    # Rows over all processes: B x world size for class tokens; for masked patches, whose
+    # count differs between processes, the true total (as GPFM's iBOT loss all-reduces it).
+    batch = all_reduce_sum(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
     prototypes = q.shape[0]
     q /= all_reduce_sum(q.sum().clone())
     for _ in range(n_iters):
@@ -56,8 +58,11 @@ class TeacherCentering(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: Tensor) -> None:
-        """centre ← m·centre + (1 − m)·mean of the rows of ``teacher_logits`` over all processes."""
-        rows = torch.tensor(float(teacher_logits.shape[0]), device=teacher_logits.device)
-        total = all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
-        mean = total / all_reduce_sum(rows).clamp(min=1.0)
+        """centre ← m·centre + (1 − m)·batch mean of ``teacher_logits`` (see ``batch_mean``)."""
+        mean = self.batch_mean(teacher_logits.float())
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
+
+    def batch_mean(self, teacher_logits: Tensor) -> Tensor:
+        """(1, K) mean of the rows over all processes (equal row counts: the pooled mean)."""
+        total = all_reduce_sum(teacher_logits.sum(dim=0, keepdim=True))
+        return total / (teacher_logits.shape[0] * world_size())

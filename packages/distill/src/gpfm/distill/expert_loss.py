@@ -10,6 +10,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.heads import ExpertHead
 
 
@@ -33,7 +34,7 @@ def resize_token_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     batch, count, dim = tokens.shape
     side = math.isqrt(count)
     if side * side != count:
-        raise ValueError(f"expert patch tokens ({count}) do not form a square grid")
+        raise DistillConfigError(f"expert patch tokens ({count}) do not form a square grid")
     if (side, side) == grid:
         return tokens
     image = tokens.transpose(1, 2).reshape(batch, dim, side, side).float()
@@ -61,7 +62,7 @@ class ExpertDistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if cls_loss not in ("cosine", "kl"):
-            raise ValueError(f"cls_loss must be 'cosine' or 'kl', got {cls_loss!r}")
+            raise DistillConfigError(f"cls_loss must be 'cosine' or 'kl', got {cls_loss!r}")
         self.experts = {spec.name: spec for spec in experts}
         self.heads = nn.ModuleDict(
             {spec.name: ExpertHead(student_dim, spec.dim, bottleneck_dim) for spec in experts}

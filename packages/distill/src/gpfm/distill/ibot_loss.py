@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpfm.distill.centering import TeacherCentering
+from gpfm.distill.distributed import all_reduce_sum, world_size
 
 
 class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
@@ -18,6 +19,18 @@ class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
         super().__init__(out_dim, center_momentum)
         self.student_temp = student_temp
+
+    def batch_mean(self, teacher_logits: Tensor) -> Tensor:
+        """Each process's mean over its masked patches, averaged over processes.
+
+        Processes mask different numbers of patches; the reference averages their means
+        rather than pooling the patches (GPFM ``loss/ibot_patch_loss.py:133-147``).
+        """
+        if teacher_logits.shape[0] == 0:  # nothing masked here: no evidence, not NaN
+            mean = teacher_logits.new_zeros(1, teacher_logits.shape[1])
+        else:
+            mean = teacher_logits.mean(dim=0, keepdim=True)
+        return all_reduce_sum(mean) / world_size()
 
     def forward(self, student_logits: Tensor, teacher_probs: Tensor, masks: Tensor) -> Tensor:
         """Loss of the masked patches.
