@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpfm.distill.centering import TeacherCentering
+from gpfm.distill.precision import fp32_or_wider
 
 
 class DINOLoss(TeacherCentering):
@@ -35,7 +36,7 @@ class DINOLoss(TeacherCentering):
         """
         total = student_logits[0].new_zeros((), dtype=torch.float32)
         for s_index, student in enumerate(student_logits):
-            log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)
+            log_probs = F.log_softmax(fp32_or_wider(student) / self.student_temp, dim=-1)
             for t_index, teacher in enumerate(teacher_probs):
                 if s_index == t_index:
                     continue  # a global crop does not predict itself

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from gpfm.distill.augment import IMAGENET_MEAN, IMAGENET_STD
 from gpfm.distill.errors import DistillConfigError
+from gpfm.distill.precision import fp32_or_wider
 
 if TYPE_CHECKING:
     from gpfm.backbone import Encoder
@@ -95,7 +96,7 @@ class FrozenExpert(nn.Module):
             )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
             tokens = _as_tokens(self.token_fn(x) if self.token_fn else self.model(x))
-        return {k: (v.float() if v is not None else None) for k, v in tokens.items()}
+        return {k: (fp32_or_wider(v) if v is not None else None) for k, v in tokens.items()}
 
 
 def expert_from_encoder(

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from gpfm.distill.centering import TeacherCentering
 from gpfm.distill.distributed import all_reduce_sum, world_size
+from gpfm.distill.precision import fp32_or_wider
 
 
 class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
@@ -41,8 +42,8 @@ class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
             teacher_probs: (M, K) teacher targets of the same patches.
             masks: (B, N) bool, which patches of each image were masked.
         """
-        log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        log_probs = F.log_softmax(fp32_or_wider(student_logits) / self.student_temp, dim=-1)
         per_patch = -(teacher_probs * log_probs).sum(dim=-1)
-        per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1).float()
+        per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1).to(log_probs.dtype)
         weights = (1.0 / per_image).expand_as(masks)[masks]
         return (per_patch * weights).sum() / masks.shape[0]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpfm.distill.errors import DistillDataError
+from gpfm.distill.precision import fp32_or_wider
 
 
 class KoLeoLoss(nn.Module):
@@ -25,7 +26,7 @@ class KoLeoLoss(nn.Module):
         if features.shape[0] < 2:
             raise DistillDataError("KoLeo needs at least two samples per batch")
         with torch.autocast(device_type=features.device.type, enabled=False):
-            x = F.normalize(features.float(), dim=-1, eps=self.eps)
+            x = F.normalize(fp32_or_wider(features), dim=-1, eps=self.eps)
             with torch.no_grad():
                 similarity = x @ x.t()
                 similarity.fill_diagonal_(-2.0)
