@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from gpfm.slide.errors import SlideError, UnsupportedSlideError
@@ -157,6 +158,40 @@ def check_backed_by_file(path: Path, size: Size) -> None:
             f"{path}: its header claims an image of {width} x {height} px, but the file holds "
             f"only {file_bytes} bytes: it is damaged or not a slide. Re-export or re-scan it."
         )
+
+
+def check_tiff_extents(path: Path, tiff: tifffile.TiffFile | None = None) -> None:
+    """Refuse a TIFF whose tiles or strips lie (partly) beyond the end of the file.
+
+    A truncated file, or a damaged byte count, would otherwise make a reader allocate and read
+    whatever size the file claims (OpenSlide aborts the process when that allocation fails).
+    Files tifffile cannot parse are left to the caller's own reader.
+
+    Raises:
+        UnsupportedSlideError: naming the file, the page and the segment.
+    """
+    file_bytes = path.stat().st_size
+    try:
+        opened = tiff or tifffile.TiffFile(path)
+    except Exception:
+        return
+    try:
+        for number, page in enumerate(opened.pages):
+            offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64)
+            counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64)
+            if offsets.shape != counts.shape:
+                beyond = np.arange(1)
+            else:
+                beyond = np.flatnonzero(offsets + counts > file_bytes)
+            if beyond.size:
+                raise UnsupportedSlideError(
+                    f"{path}: image {number} stores segment {int(beyond[0])} beyond the end of "
+                    f"the file ({file_bytes} bytes): it is truncated or damaged. Copy it again "
+                    "or re-export it."
+                )
+    finally:
+        if tiff is None:
+            opened.close()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import openslide
 from gpfm.slide.backends.base import (
     Size,
     check_backed_by_file,
+    check_tiff_extents,
     closed_on_error,
     composite_on_white,
     is_tiff,
@@ -43,6 +44,7 @@ class OpenSlideReader:
             self.level_downsamples: tuple[float, ...] = tuple(self._osr.level_downsamples)
             if is_tiff(self.path):  # one file holds all the pixels: it must be big enough
                 check_backed_by_file(self.path, self.level_dimensions[0])
+                check_tiff_extents(self.path)
             self.metadata_mpp = self._metadata_mpp()
 
     def _metadata_mpp(self) -> float | None:

@@ -20,6 +20,7 @@ import tifffile
 from gpfm.slide.backends.base import (
     Size,
     check_backed_by_file,
+    check_tiff_extents,
     closed_on_error,
     level_size,
     paste_clipped,
@@ -144,6 +145,7 @@ class TiffFileReader:
         ]
         base = self._pages[0]
         check_backed_by_file(self.path, (base.width, base.height))
+        check_tiff_extents(self.path, self._tiff)
         try:
             base.segment(0, 0)
         except Exception as error:
