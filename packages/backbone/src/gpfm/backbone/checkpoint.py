@@ -140,9 +140,7 @@ def resize_pos_grid(
     raise ValueError(f"position-embedding rule must be 'dinov2' or 'size', got {rule!r}")
 
 
-def resample_pos_embed(
-    pos_embed: Tensor, grid_size: int, rule: PosEmbedRule = "dinov2"
-) -> Tensor:
+def resample_pos_embed(pos_embed: Tensor, grid_size: int, rule: PosEmbedRule = "dinov2") -> Tensor:
     """Bicubically resize (1, 1 + g², D) position embeddings to a ``grid_size`` square grid."""
     side = math.isqrt(pos_embed.shape[1] - 1)
     if side == grid_size:
