@@ -113,7 +113,11 @@ def test_zoo_encoders_serve_as_experts(tmp_path):
     images = torch.randn(2, 3, 64, 64)
     resnet, vit = model.experts["expert_a"](images), model.experts["expert_b"](images)
     assert resnet["cls"].shape == (2, 1024) and resnet["patch"] is None  # a CNN: CLS only
-    assert vit["cls"].shape == (2, 192) and vit["patch"].shape == (2, 196, 192)
+    # GPFM's experts see the student's crops as they are: 64 px, a 4 x 4 grid
+    assert vit["cls"].shape == (2, 192) and vit["patch"].shape == (2, 16, 192)
+    config.experts[1].preprocessing = "own"  # the expert's own 224 px input: 14 x 14
+    own = build_model(config).experts["expert_b"](images)
+    assert own["patch"].shape == (2, 196, 192)
 
 
 def test_gradients_never_reach_teacher_or_experts(tmp_path):
@@ -173,3 +177,76 @@ def test_centres_are_identical_across_processes_after_all_reduce():
     loss = DINOLoss(4, center_momentum=0.5)
     loss.update_center(torch.ones(3, 4))
     torch.testing.assert_close(loss.center, torch.full((1, 4), 0.5))
+
+
+@pytest.mark.slow
+def test_accumulation_counts_optimizer_steps_and_resumes_exactly(tmp_path):
+    overrides = [
+        "max_steps=4",
+        "checkpoint_every=2",
+        "gradient_accumulation_steps=2",
+        "data.synthetic_length=48",
+        "optim.warmup_steps=2",
+    ]
+    straight = train(tiny(tmp_path / "a", *overrides))["history"]
+    assert [h["step"] for h in straight] == [1, 2, 3, 4]  # optimizer steps, not micro-batches
+    # the schedules advance once per update: the warmup ends on the base lr at step 2
+    assert straight[0]["lr"] == 0.0 and straight[1]["lr"] == pytest.approx(
+        0.004 * math.sqrt(16 / 1024)
+    )
+    train(tiny(tmp_path / "b", *overrides), stop_after=2)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_2"]
+    resumed = train(tiny(tmp_path / "b", *overrides))["history"]
+    assert [h["step"] for h in resumed] == [3, 4]
+    for expected, got in zip(straight[2:], resumed, strict=True):
+        for key in ("loss/total", "loss/dino", "loss/ibot", "loss/expert_b_patch"):
+            assert got[key] == expected[key], (got["step"], key)
+
+
+def test_a_checkpoint_is_marked_complete_only_after_every_process_wrote(tmp_path):
+    from gpfm.apps.train.trainer import _save_checkpoint
+
+    events = []
+
+    class Recorder:
+        is_main_process = True
+
+        def save_state(self, folder):
+            events.append("save")
+
+        def wait_for_everyone(self):
+            complete = (tmp_path / "step_7" / "COMPLETE").exists()
+            events.append(f"barrier (COMPLETE {'written' if complete else 'absent'})")
+
+    (tmp_path / "step_7").mkdir()
+    _save_checkpoint(Recorder(), tmp_path, 7, keep=3)
+    assert events[:2] == ["save", "barrier (COMPLETE absent)"]
+    assert (tmp_path / "step_7" / "COMPLETE").read_text() == "7"
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu", "gpfm_vitl14"])
+def test_dry_run_checks_and_counts_without_downloading(name, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([name, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "student backbone" in printed and "resolved configuration:" in printed
+    if name == "gpfm_vitl14":
+        assert "Hugging Face Hub repository MahmoodLab/UNI" in printed
+        assert "303,228,928" in printed  # ViT-L/14 at 224 px
+
+
+def test_dry_run_names_a_weights_reference_that_cannot_be_used(capsys):
+    assert main(["gpfm_vitl14", "--dry-run", "experts.0.weights=MahmoodLab/UNI"]) == 1
+    assert "hf-hub:MahmoodLab/UNI" in capsys.readouterr().err
+
+
+def test_every_loss_setting_is_settable_from_the_configuration(tmp_path):
+    config = tiny(
+        tmp_path, "loss.student_temp=0.2", "loss.center_momentum=0.5", "loss.sinkhorn_iters=7"
+    )
+    model = build_model(config)
+    assert model.loss.dino.student_temp == 0.2 and model.loss.ibot.center_momentum == 0.5
+    assert model.loss.config.sinkhorn_iters == 7
+    assert [spec.name for spec in model.loss.config.experts] == ["expert_a", "expert_b"]
+    with pytest.raises(ValueError, match="experts"):
+        load_config("tiny_cpu", ["loss.experts=[{name: x, dim: 3}]"])

@@ -42,6 +42,7 @@ _WEIGHTS = {
     "WeightsError",
     "WeightsFile",
     "WeightsNotFoundError",
+    "check_weights_reference",
     "resolve_weights",
 }
 

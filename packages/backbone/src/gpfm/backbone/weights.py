@@ -111,6 +111,33 @@ def parse_hub_id(text: str) -> HubId | None:
     return HubId(repo_id=repo_id, filename=filename, revision=revision)
 
 
+def check_weights_reference(weights: str | os.PathLike[str]) -> str:
+    """What ``weights`` names, in words, checked without downloading or reading any weights.
+
+    A Hub id must be well formed (its files are not fetched); a path must exist.
+
+    Raises:
+        WeightsError: a malformed Hub id.
+        WeightsNotFoundError: a path with nothing there (the message suggests ``hf-hub:`` when
+            the text looks like a Hub repository).
+    """
+    text = os.fspath(weights)
+    hub = parse_hub_id(text)
+    if hub is not None:
+        where = f"/{hub.filename}" if hub.filename else ""
+        revision = f" at {hub.revision}" if hub.revision else ""
+        return f"Hugging Face Hub repository {hub.repo_id}{where}{revision}"
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return f"local folder {text}"
+    if path.is_file():
+        return f"local file {text}"
+    message = f"no weights file or folder at {text!r}"
+    if _REPO_ID.match(text):
+        message += f"; for a Hugging Face Hub repository write weights='hf-hub:{text}'"
+    raise WeightsNotFoundError(message)
+
+
 def resolve_weights(
     weights: str | os.PathLike[str],
     *,
@@ -160,18 +187,14 @@ def resolve_weights(
             endpoint=endpoint,
             local_files_only=local_files_only,
         )
+    check_weights_reference(text)
     path = Path(text).expanduser()
     if path.is_dir():
         file, config = _weights_in_folder(path)
         if sha256 is None and config is not None:
             sha256 = config.get("weights_sha256")
         return WeightsFile(file, text, _verified(file, sha256, source=text), config)
-    if path.is_file():
-        return WeightsFile(path, text, _verified(path, sha256, source=text))
-    message = f"no weights file or folder at {text!r}"
-    if _REPO_ID.match(text):
-        message += f"; for a Hugging Face Hub repository write weights='hf-hub:{text}'"
-    raise WeightsNotFoundError(message)
+    return WeightsFile(path, text, _verified(path, sha256, source=text))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -1,6 +1,7 @@
 """gpfm-train: pretrain a foundation model with GPFM's unified knowledge distillation.
 
     gpfm-train CONFIG [key=value ...]                       # one process
+    gpfm-train CONFIG --dry-run [key=value ...]             # check and count, run nothing
     accelerate launch -m gpfm.apps.train CONFIG [key=value ...]   # several GPUs or nodes
 
 CONFIG is a YAML file or a bundled configuration: ``tiny_cpu`` (seconds on a CPU) or
@@ -19,6 +20,9 @@ from collections.abc import Sequence
 
 from gpfm.apps.train.config import bundled_configs, load_config
 from gpfm.apps.train.trainer import TrainingError, train
+from gpfm.backbone import BackboneError
+from gpfm.distill import DistillError
+from gpfm.slide import SlideError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,16 +33,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("config", help="YAML file or bundled configuration name")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dot list)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build everything on the meta device, check the weights references, print the "
+        "parameter counts and the resolved configuration, and exit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         config = load_config(args.config, args.overrides)
+        if args.dry_run:
+            from gpfm.apps.train.dryrun import dry_run
+
+            print(dry_run(config))
+            return 0
         result = train(config)
-    except (TrainingError, FileNotFoundError, ValueError) as error:
+    except (TrainingError, BackboneError, DistillError, SlideError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if result["export"] is not None:

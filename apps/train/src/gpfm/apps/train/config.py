@@ -7,9 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import Container, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from gpfm.distill import MultiCropConfig
+from gpfm.distill import LossConfig, MultiCropConfig
 
 
 @dataclass
@@ -28,26 +29,13 @@ class StudentConfig:
 class ExpertConfig:
     name: str = ""
     encoder: str = ""  # a gpfm.backbone zoo entry or a create_vit architecture name
-    weights: str | None = None
+    weights: str | None = None  # a file, a folder or hf-hub:owner/name
     random_init: bool = False  # tests and demos only
     overrides: dict[str, Any] = field(default_factory=dict)  # create_vit overrides
     cls_weight: float = 1.0
     patch_weight: float = 0.0
-
-
-@dataclass
-class LossSettings:
-    dino_weight: float = 1.0
-    ibot_weight: float = 1.0
-    koleo_weight: float = 0.1
-    prototypes: int = 65_536
-    head_hidden_dim: int = 2048
-    head_bottleneck_dim: int = 256
-    separate_ibot_head: bool = False
-    centering: str = "softmax"  # or sinkhorn
-    expert_cls_loss: str = "cosine"  # or kl
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    mask_probability: float = 0.5
+    preprocessing: str = "shared"  # GPFM: the student's global crops as they are; or "own"
+    target: str = "gpfm"  # what GPFM distils from (CONCH: projected); or "embedding"
 
 
 @dataclass
@@ -94,7 +82,9 @@ class TrainConfig:
     resume: bool = True
     student: StudentConfig = field(default_factory=StudentConfig)
     experts: list[ExpertConfig] = field(default_factory=list)
-    loss: LossSettings = field(default_factory=LossSettings)
+    # Every setting of the objective (gpfm.distill.LossConfig); its ``experts`` come from
+    # ``experts`` above and stay empty here.
+    loss: LossConfig = field(default_factory=LossConfig)
     # Pathology tiles have no canonical orientation: vertical flips and 90° rotations on.
     augment: MultiCropConfig = field(
         default_factory=lambda: MultiCropConfig(vertical_flip=True, rotate90=True)
@@ -126,13 +116,50 @@ def resolve_config_path(name: str) -> Path:
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Merge defaults, the YAML file and ``key=value`` overrides; unknown keys are errors."""
-    schema = OmegaConf.structured(TrainConfig)
-    from_file = OmegaConf.load(resolve_config_path(name))
-    merged = OmegaConf.merge(schema, from_file, OmegaConf.from_dotlist(list(overrides or [])))
-    config = OmegaConf.to_object(merged)
+    """Merge defaults, the YAML file and ``key=value`` overrides; unknown keys are errors.
+
+    Overrides use dotted keys, list items by index (``experts.0.weights=PATH``); values are
+    YAML (``loss.mask_ratio=[0.1,0.4]``).
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type, or a malformed override; one
+            line that names the key.
+    """
+    path = resolve_config_path(name)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    except OmegaConfBaseException as error:
+        raise ValueError(f"{path}: {_first_line(error)}") from None
+    _clear_read_only(merged)  # frozen dataclasses (LossConfig) give read-only nodes
+    for override in overrides or []:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r} is not key=value")
+        try:
+            value = OmegaConf.from_dotlist([f"value={text}"])["value"]
+            OmegaConf.update(merged, key.strip(), value, merge=True)
+        except OmegaConfBaseException as error:
+            raise ValueError(f"override {key}: {_first_line(error)}") from None
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ValueError(f"{path}: {_first_line(error)}") from None
     assert isinstance(config, TrainConfig)
+    if config.loss.experts:
+        raise ValueError("configure experts under 'experts:', not 'loss.experts'")
     return config
+
+
+def _clear_read_only(node: Any) -> None:
+    if isinstance(node, Container):
+        OmegaConf.set_readonly(node, None)
+        children = node.values() if OmegaConf.is_dict(node) else node
+        for child in children:
+            _clear_read_only(child)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def to_yaml(config: TrainConfig) -> str:

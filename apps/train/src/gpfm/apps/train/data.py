@@ -10,13 +10,10 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from gpfm.apps.train.config import TrainConfig
 from gpfm.distill import (
@@ -26,12 +23,9 @@ from gpfm.distill import (
     SyntheticPatchDataset,
     collate_multicrop,
 )
-from gpfm.slide import PatchDataset, read_coords
-from gpfm.slide.tiling import Tiles
+from gpfm.slide import MultiSlidePatchDataset
 
 logger = logging.getLogger(__name__)
-
-_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".dcm")
 
 
 class SeededAugmentation(Dataset[Any]):
@@ -118,43 +112,6 @@ def multicrop_augmentation(config: TrainConfig) -> MultiCropAugmentation:
     return MultiCropAugmentation(config.augment)
 
 
-def _find_slide(tiles: Tiles, coords_path: Path, slides_dir: str | None) -> Path:
-    if tiles.slide_path and Path(tiles.slide_path).is_file():
-        return Path(tiles.slide_path)
-    if slides_dir:
-        for suffix in _SLIDE_SUFFIXES:
-            candidate = Path(slides_dir) / f"{coords_path.stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(
-        f"{coords_path}: its slide ({tiles.slide_path or coords_path.stem}) was not found; "
-        "pass data.slides_dir=FOLDER"
-    )
-
-
-def slide_patches(
-    coords_dir: str | Path, slides_dir: str | None, per_slide: int, seed: int
-) -> Dataset[Any]:
-    """``per_slide`` tiles drawn at random (seeded) from each slide's coordinates file."""
-    files = sorted(Path(coords_dir).glob("*.h5"))
-    if not files:
-        raise FileNotFoundError(f"{coords_dir}: no coordinates files (*.h5); run gpfm-slide tile")
-    datasets = []
-    rng = np.random.default_rng(seed)
-    for path in files:
-        tiles = read_coords(path)
-        if len(tiles) == 0:
-            logger.warning("%s: no tiles; skipped", path)
-            continue
-        chosen = np.sort(rng.choice(len(tiles), size=min(per_slide, len(tiles)), replace=False))
-        subset = replace(
-            tiles, coords=tiles.coords[chosen], tissue_fraction=tiles.tissue_fraction[chosen]
-        )
-        datasets.append(PatchDataset(_find_slide(tiles, path, slides_dir), subset))
-    logger.info("%d slides, %d patches", len(datasets), sum(len(d) for d in datasets))
-    return ConcatDataset(datasets)
-
-
 def image_dataset(config: TrainConfig) -> Dataset[Any]:
     """The un-augmented images the configuration names."""
     data = config.data
@@ -167,5 +124,7 @@ def image_dataset(config: TrainConfig) -> Dataset[Any]:
     if data.source == "slides":
         if not data.path:
             raise ValueError("data.source=slides needs data.path, the folder of coordinates files")
-        return slide_patches(data.path, data.slides_dir, data.patches_per_slide, config.seed)
+        return MultiSlidePatchDataset(
+            data.path, data.patches_per_slide, seed=config.seed, slides_dir=data.slides_dir
+        )
     raise ValueError(f"data.source must be synthetic, folder or slides, got {data.source!r}")

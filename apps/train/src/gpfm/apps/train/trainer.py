@@ -3,11 +3,12 @@ checkpoints that resume exactly, trackers, NaN guard and the teacher's export.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gpfm.apps.train.config import TrainConfig, to_flat_dict, to_yaml
+from gpfm.apps.train.config import ExpertConfig, TrainConfig, to_flat_dict, to_yaml
 from gpfm.apps.train.data import (
     EpochSampler,
     MultiCropCollate,
@@ -25,16 +26,17 @@ from gpfm.apps.train.data import (
     image_dataset,
     multicrop_augmentation,
 )
-from gpfm.apps.train.experts import build_expert
 from gpfm.apps.train.tracking import CSVTracker
-from gpfm.backbone import create_vit, export_encoder, load_checkpoint_strict
+from gpfm.backbone import VIT_ARCHITECTURES, create_vit, export_encoder, load_checkpoint_strict
 from gpfm.distill import (
     DistillationModel,
     ExpertSpec,
-    LossConfig,
+    FrozenExpert,
+    PretrainSchedules,
     apply_schedules,
-    cosine_schedule,
-    linear_warmup_schedule,
+    expert_from_encoder,
+    gpfm_schedules,
+    random_vit_expert,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,33 +49,27 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step and term."""
 
 
-@dataclass
-class Schedules:
-    lr: Any
-    weight_decay: Any
-    momentum: Any
-    teacher_temp: Any
-    last_layer_lr: Any
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, global_batch: int) -> Schedules:
-        o, steps = config.optim, config.max_steps
-        peak = o.base_lr * math.sqrt(global_batch / 1024)
-        lr = cosine_schedule(peak, o.min_lr, steps, o.warmup_steps)
-        last_layer = lr.copy()
-        last_layer[: o.freeze_last_layer_steps] = 0.0
-        return cls(
-            lr=lr,
-            weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, steps),
-            momentum=cosine_schedule(o.momentum_teacher, o.momentum_teacher_end, steps),
-            teacher_temp=linear_warmup_schedule(
-                o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_steps, steps
-            ),
-            last_layer_lr=last_layer,
-        )
+def schedules_for(config: TrainConfig, global_batch: int) -> PretrainSchedules:
+    """GPFM's schedules (``gpfm.distill.gpfm_schedules``) for this configuration."""
+    o = config.optim
+    return gpfm_schedules(
+        config.max_steps,
+        global_batch=global_batch,
+        base_lr=o.base_lr,
+        min_lr=o.min_lr,
+        warmup_steps=o.warmup_steps,
+        weight_decay=o.weight_decay,
+        weight_decay_end=o.weight_decay_end,
+        momentum_teacher=o.momentum_teacher,
+        momentum_teacher_end=o.momentum_teacher_end,
+        teacher_temp=o.teacher_temp,
+        warmup_teacher_temp=o.warmup_teacher_temp,
+        warmup_teacher_temp_steps=o.warmup_teacher_temp_steps,
+        freeze_last_layer_steps=o.freeze_last_layer_steps,
+    )
 
 
-def build_student(config: TrainConfig) -> torch.nn.Module:
+def build_student(config: TrainConfig, load_weights: bool = True) -> torch.nn.Module:
     s = config.student
     overrides: dict[str, Any] = {
         "img_size": s.img_size,
@@ -85,37 +81,43 @@ def build_student(config: TrainConfig) -> torch.nn.Module:
     if s.depth is not None:
         overrides["depth"] = s.depth
     student = create_vit(s.arch, **overrides)
-    if s.weights:
+    if s.weights and load_weights:
         load_checkpoint_strict(student, s.weights)
     return student
 
 
-def build_model(config: TrainConfig) -> DistillationModel:
+def build_expert(config: ExpertConfig, seed: int, meta: bool = False) -> FrozenExpert:
+    """A frozen expert: a random ``create_vit`` architecture (tests, demos) or a zoo encoder.
+
+    On the meta device (``meta=True``) nothing is downloaded or loaded: shapes only.
+    """
+    preprocessing: Any = config.preprocessing
+    if config.encoder in VIT_ARCHITECTURES and config.random_init:
+        return random_vit_expert(config.encoder, seed, preprocessing, **config.overrides)
+    from gpfm.backbone import load_encoder
+
+    encoder = load_encoder(
+        config.encoder,
+        weights=None if meta else config.weights,
+        device="meta" if meta else "cpu",
+        random_init=config.random_init,
+    )
+    target: Any = config.target
+    return expert_from_encoder(encoder, preprocessing=preprocessing, target=target)
+
+
+def build_model(config: TrainConfig, meta: bool = False) -> DistillationModel:
+    """Student, teacher, heads and experts as ``config`` says (shapes only with ``meta``)."""
     experts = {
-        e.name: build_expert(e, seed=config.seed + index + 1)
+        e.name: build_expert(e, seed=config.seed + index + 1, meta=meta)
         for index, e in enumerate(config.experts)
     }
     specs = tuple(
         ExpertSpec(e.name, experts[e.name].dim, e.cls_weight, e.patch_weight)
         for e in config.experts
     )
-    loss = config.loss
-    return DistillationModel(
-        build_student(config),
-        LossConfig(
-            dino_weight=loss.dino_weight,
-            ibot_weight=loss.ibot_weight,
-            koleo_weight=loss.koleo_weight,
-            prototypes=loss.prototypes,
-            centering=loss.centering,
-            experts=specs,
-            expert_cls_loss=loss.expert_cls_loss,
-        ),
-        experts,
-        head_hidden_dim=loss.head_hidden_dim,
-        head_bottleneck_dim=loss.head_bottleneck_dim,
-        separate_ibot_head=loss.separate_ibot_head,
-    )
+    loss = replace(config.loss, experts=specs)
+    return DistillationModel(build_student(config, load_weights=not meta), loss, experts)
 
 
 def export_teacher(model: DistillationModel, config: TrainConfig, folder: Path, step: int) -> Path:
@@ -139,16 +141,34 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _micro_batches(
+    loader: DataLoader[Any], sampler: EpochSampler, dataset: SeededAugmentation, start: int
+) -> Iterator[dict[str, Any]]:
+    """Batches from micro-batch ``start`` on, epoch after epoch (a resumed run skips the
+    indices it has seen without loading them)."""
+    epoch, position = divmod(start, len(loader))
+    while True:
+        sampler.set_epoch(epoch, skip=position * int(loader.batch_size or 1))
+        dataset.epoch = epoch
+        yield from loader
+        epoch, position = epoch + 1, 0
+
+
 def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Pretrain as ``config`` says; returns the history of logged values and the export path.
 
+    One step is one optimizer update of ``gradient_accumulation_steps`` micro-batches: the
+    schedules, the last-layer freeze, logging and checkpoints count steps, and checkpoints are
+    taken between steps only, so a resumed run continues with the same losses.
     ``stop_after`` ends the run early after that many steps (as an interruption would), keeping
     its checkpoints; a later call resumes from the last one.
     """
     output = Path(config.output_dir)
+    accumulation = config.gradient_accumulation_steps
+    if accumulation < 1:
+        raise ValueError(f"gradient_accumulation_steps must be at least 1, got {accumulation}")
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=["tensorboard", CSVTracker(output / "logs")],
         project_config=ProjectConfiguration(
             project_dir=str(output), logging_dir=str(output / "logs")
@@ -189,8 +209,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             "lower data.batch_size_per_device or add data"
         )
     model, optimizer = accelerator.prepare(model, optimizer)
-    global_batch = batch_size * accelerator.num_processes * config.gradient_accumulation_steps
-    schedules = Schedules.from_config(config, global_batch)
+    global_batch = batch_size * accelerator.num_processes * accumulation
+    schedules = schedules_for(config, global_batch)
 
     checkpoints = output / CHECKPOINTS_DIR
     step = 0
@@ -209,59 +229,48 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         unit="step",
         disable=not accelerator.is_local_main_process,
     )
-    steps_per_epoch = len(loader)
     last_stop = config.max_steps if stop_after is None else min(config.max_steps, step + stop_after)
+    batches = _micro_batches(loader, sampler, dataset, start=step * accumulation)
     model.train()
     while step < last_stop:
-        epoch, position = divmod(step, steps_per_epoch)
-        # Resuming mid-epoch skips the indices already seen, without loading them.
-        sampler.set_epoch(epoch, skip=position * batch_size)
-        dataset.epoch = epoch
-        for batch in loader:
-            if step >= last_stop:
-                break
-            started = time.perf_counter()
-            apply_schedules(
-                optimizer,
-                float(schedules.lr[step]),
-                float(schedules.weight_decay[step]),
-                float(schedules.last_layer_lr[step]),
-            )
+        started = time.perf_counter()
+        scheduled = schedules.at(step)
+        apply_schedules(
+            optimizer, scheduled["lr"], scheduled["weight_decay"], scheduled["last_layer_lr"]
+        )
+        sums: dict[str, float] = {}
+        for micro in range(accumulation):
             batch = {
-                k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()
+                k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                for k, v in next(batches).items()
             }
-            with accelerator.accumulate(model):
-                terms = model(batch, teacher_temp=float(schedules.teacher_temp[step]))
+            # Gradients are all-reduced on the last micro-batch only.
+            last = micro == accumulation - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                terms = model(batch, teacher_temp=scheduled["teacher_temp"])
                 _check_finite(terms, step)
-                accelerator.backward(terms["total"])
-                if accelerator.sync_gradients:
-                    if config.optim.clip_grad:
-                        accelerator.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
-                    if step < config.optim.freeze_last_layer_steps:
-                        unwrapped.cancel_last_layer_gradients()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                unwrapped.update_teacher(float(schedules.momentum[step]))
-            step += 1
-            seconds = time.perf_counter() - started
-            values = {f"loss/{k}": v.item() for k, v in terms.items()}
-            values.update(
-                {
-                    "lr": float(schedules.lr[step - 1]),
-                    "weight_decay": float(schedules.weight_decay[step - 1]),
-                    "momentum": float(schedules.momentum[step - 1]),
-                    "teacher_temp": float(schedules.teacher_temp[step - 1]),
-                    "images_per_s": global_batch / max(seconds, 1e-9),
-                }
-            )
-            history.append({"step": step, **values})
-            if step % config.log_every == 0 or step == last_stop:
-                accelerator.log(values, step=step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{values['loss/total']:.3f}")
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
-                _save_checkpoint(accelerator, checkpoints, step, config.keep_checkpoints)
+                accelerator.backward(terms["total"] / accumulation)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item() / accumulation
+        if config.optim.clip_grad:
+            accelerator.unscale_gradients()  # once, before clipping (fp16 only)
+            for parameters in unwrapped.clipping_groups():
+                torch.nn.utils.clip_grad_norm_(parameters, config.optim.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        unwrapped.update_teacher(scheduled["momentum"])
+        step += 1
+        seconds = time.perf_counter() - started
+        values = {f"loss/{k}": v for k, v in sums.items()}
+        values.update({k: v for k, v in scheduled.items() if k != "last_layer_lr"})
+        values["images_per_s"] = global_batch / max(seconds, 1e-9)
+        history.append({"step": step, **values})
+        if step % config.log_every == 0 or step == last_stop:
+            accelerator.log(values, step=step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{values['loss/total']:.3f}")
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            _save_checkpoint(accelerator, checkpoints, step, config.keep_checkpoints)
     progress.close()
     export = None
     if step >= config.max_steps and accelerator.is_main_process:
@@ -283,6 +292,7 @@ def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
 def _save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int) -> None:
     target = folder / f"step_{step}"
     accelerator.save_state(str(target))
+    accelerator.wait_for_everyone()  # every process has written its state
     if accelerator.is_main_process:
         (target / "COMPLETE").write_text(str(step))  # only a finished save is resumed from
         finished = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
