@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gpfm.slide.tissue import TissueMask
+from gpfm.slide.tissue import TissueMask, _join_corner_contacts
 
 
 def _signed_area(ring: list[list[float]]) -> float:
@@ -129,21 +129,23 @@ def test_thin_strips_single_pixels_and_corner_contacts_give_valid_rings():
 def test_any_mask_gives_valid_outlines_that_cover_its_tissue(mask):
     geojson = TissueMask(mask, 8.0, 16.0, (mask.shape[1] * 16, mask.shape[0] * 16)).to_geojson()
     assert_valid_geojson(geojson)
-    # Corner-contact blocks may gain a pixel; every other pixel keeps its side of the outline.
-    padded = np.pad(mask, 1)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (2, 2))
-    a, b = windows[..., 0, 0], windows[..., 0, 1]
-    c, d = windows[..., 1, 0], windows[..., 1, 1]
-    checker = (a == d) & (b == c) & (a != b)
-    near_checker = np.zeros_like(padded)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            near_checker[dy : dy + checker.shape[0], dx : dx + checker.shape[1]] |= checker
-    near_checker = near_checker[1:-1, 1:-1]
+    # The outline covers exactly the mask with its corner contacts joined.
+    joined = _join_corner_contacts(mask).astype(bool)
     for row in range(mask.shape[0]):
         for col in range(mask.shape[1]):
             centre = (np.array([col, row]) + 0.5) * 16.0
-            if mask[row, col]:
-                assert _covered(geojson, centre)
-            elif not near_checker[row, col]:
-                assert not _covered(geojson, centre)
+            assert _covered(geojson, centre) == joined[row, col]
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 14), st.integers(1, 14))))
+def test_joining_corner_contacts_only_adds_pixels_between_tissue(mask):
+    joined = _join_corner_contacts(mask).astype(bool)
+    assert (joined | ~mask).all()  # no tissue lost
+    a, b, c, d = joined[:-1, :-1], joined[:-1, 1:], joined[1:, :-1], joined[1:, 1:]
+    assert not ((a == d) & (b == c) & (a != b)).any()  # no corner-only contact left
+    padded = np.pad(joined, 1)
+    side_neighbours = (
+        padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    )
+    assert (side_neighbours[joined & ~mask] >= 2).all()  # each added pixel bridges two sides
