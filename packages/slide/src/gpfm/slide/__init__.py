@@ -10,6 +10,7 @@ PatchDataset("slide.svs", tiles, transform)     # torch Dataset, safe with DataL
 
 from gpfm.slide.backends import SlideReader
 from gpfm.slide.errors import (
+    CoordsFileError,
     MissingResolutionError,
     SlideError,
     SlideReadError,
@@ -34,6 +35,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CoordsFileError",
     "MissingResolutionError",
     "PatchDataset",
     "Slide",
