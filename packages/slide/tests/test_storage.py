@@ -340,3 +340,13 @@ def test_any_attribute_value_reads_or_gives_the_typed_error(tmp_path, field, val
         assert tiles.patch_size >= 1 and tiles.level_downsample > 0 and tiles.read_size >= 1
     # Every error is a SlideError, so callers that catch the package's root catch it.
     assert issubclass(CoordsFileError, SlideError)
+
+
+@pytest.mark.parametrize("value", [5e-324, 0.0, -20, np.inf, "20", np.array([40, 20])])
+def test_trident_magnifications_of_the_wrong_type_or_value(tmp_path, value):
+    path = tmp_path / "trident.h5"
+    with h5py.File(path, "w") as h5:
+        coords = h5.create_dataset("coords", data=np.zeros((2, 2), np.int64))
+        coords.attrs.update({"patch_size": 224, "level0_magnification": 40})
+        coords.attrs["target_magnification"] = value
+    _read_fails(path, "target_magnification")

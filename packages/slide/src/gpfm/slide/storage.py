@@ -400,8 +400,9 @@ def _trident(
     attrs: _Attributes, coords: np.ndarray, fractions: np.ndarray | None, slide: Slide | None
 ) -> Tiles:
     patch_size, _ = _size_fields(attrs)
-    source = attrs.number("level0_magnification", low=0, high=1e6, low_open=True)
-    target = attrs.number("target_magnification", low=0, high=1e6, low_open=True)
+    # 10 / magnification is µm/px: 1e-3 to 1e4 covers any microscope and keeps sizes finite.
+    source = attrs.number("level0_magnification", low=1e-3, high=1e4)
+    target = attrs.number("target_magnification", low=1e-3, high=1e4)
     # As TRIDENT's WSIPatcher: pixel size 10 / magnification, tile = round(patch_size x ratio).
     slide_mpp, mpp = 10 / source, 10 / target
     downsample = mpp / slide_mpp
