@@ -138,3 +138,35 @@ def test_resizing_an_expert_grid_keeps_a_constant_field_constant():
     torch.testing.assert_close(resized, torch.ones(1, 256, 3))
     with pytest.raises(ValueError, match="square"):
         resize_token_grid(torch.ones(1, 10, 3), (4, 4))
+
+
+def test_koleo_term_is_the_sum_over_the_global_crops():
+    # ssl_meta_arch.py:419-423: 0.1 * sum(koleo(p) for p in cls.chunk(2))
+    from gpfm.distill import LossConfig, UnifiedDistillationLoss
+
+    torch.manual_seed(0)
+    loss = UnifiedDistillationLoss(8, LossConfig(prototypes=4, dino_weight=0, ibot_weight=0))
+    crops = [torch.randn(5, 8), torch.randn(5, 8)]
+    terms = loss(
+        student_cls_logits=[],
+        teacher_cls_targets=[],
+        student_patch_logits=torch.zeros(0, 4),
+        teacher_patch_targets=torch.zeros(0, 4),
+        masks=torch.zeros(10, 4, dtype=torch.bool),
+        student_global_cls=crops,
+    )
+    koleo = KoLeoLoss()
+    torch.testing.assert_close(terms["koleo"], 0.1 * (koleo(crops[0]) + koleo(crops[1])))
+
+
+def test_dino_without_local_crops_divides_by_the_references_three_terms():
+    # ssl_meta_arch.py:198-199: max(n_local * n_global, 1) local terms even with no local crop
+    torch.manual_seed(0)
+    students = [torch.randn(3, 6), torch.randn(3, 6)]
+    teachers = [torch.softmax(torch.randn(3, 6), -1), torch.softmax(torch.randn(3, 6), -1)]
+    loss = DINOLoss(6)(students, teachers)
+    pairs = sum(
+        -(teachers[t] * torch.log_softmax(students[s] / 0.1, -1)).sum(-1).mean()
+        for s, t in ((0, 1), (1, 0))
+    )
+    torch.testing.assert_close(loss, pairs / 3)

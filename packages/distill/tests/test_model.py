@@ -4,6 +4,7 @@ from gpfm.backbone import create_vit
 from gpfm.distill import (
     BlockMaskingGenerator,
     DistillationModel,
+    DistillConfigError,
     ExpertSpec,
     FrozenExpert,
     LossConfig,
@@ -30,9 +31,15 @@ def tiny_model(centering="softmax"):
         ),
     }
     specs = (ExpertSpec("big", 192, 1.0, 0.25), ExpertSpec("cls_only", 24, 1.0, 0.0))
-    loss = LossConfig(prototypes=64, experts=specs, centering=centering)
+    loss = LossConfig(
+        prototypes=64,
+        experts=specs,
+        centering=centering,
+        head_hidden_dim=64,
+        head_bottleneck_dim=16,
+    )
     backbone = create_vit("vit_tiny_patch14", depth=2, img_size=56, drop_path_rate=0.1)
-    return DistillationModel(backbone, loss, experts, head_hidden_dim=64, head_bottleneck_dim=16)
+    return DistillationModel(backbone, loss, experts)
 
 
 def tiny_batch(seed=0, n=6):
@@ -61,7 +68,7 @@ def test_gradients_reach_only_the_student_and_heads():
     assert all(p.grad is None for e in model.experts.values() for p in e.parameters())
     trainable = dict(model.trainable_named_parameters())
     assert trainable["student.backbone.blocks.0.attn.qkv.weight"].grad is not None
-    assert trainable["loss.experts.heads.big.proj.weight"].grad is not None
+    assert trainable["loss.experts.heads.big.mlp.weight"].grad is not None
     assert trainable["student.dino_head.mlp.0.weight"].grad is not None
     assert not any(name.startswith(("teacher.", "experts.")) for name in trainable)
 
@@ -115,19 +122,40 @@ def test_sinkhorn_centering_runs():
     assert torch.isfinite(terms["total"])
 
 
-def test_prototype_layers_can_be_frozen_for_the_first_epoch():
+def test_last_layers_of_every_head_are_frozen_by_their_schedule_and_their_norms_train():
+    # GPFM: the expert heads' output layers are named last_layer too (ssl_meta_arch.py:94-103),
+    # so the last-layer lr of 0 in the first epoch freezes them with the prototypes
+    # (train.py:97-120); the weight-norm scale g trains (layers/dino_head.py:27-28).
     model = tiny_model().train()
+    groups = model.parameter_groups()
+    last = {g["name"] for g in groups if g["is_last_layer"]}
+    assert any(n.startswith("student.dino_head.last_layer.") for n in last)
+    for expert in ("big", "cls_only"):
+        assert any(n.startswith(f"loss.experts.heads.{expert}.last_layer.") for n in last)
+    norms = [
+        p
+        for n, p in model.named_parameters()
+        if "last_layer" in n and "original0" in n and not n.startswith("teacher.")
+    ]
+    assert norms and all(p.requires_grad for p in norms)
+
+    optimizer = torch.optim.AdamW(groups)
+    apply_schedules(optimizer, lr=1e-2, weight_decay=0.04, last_layer_lr=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model(tiny_batch(), teacher_temp=0.04)["total"].backward()
-    model.cancel_last_layer_gradients()
-    last = [p for n, p in model.student.named_parameters() if "last_layer" in n]
-    assert last and all(p.grad is None for p in last)
-    assert model.loss.experts.heads["big"].out.parametrizations.weight.original1.grad is not None
+    assert all(p.grad is not None for p in norms)
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        if name not in before:
+            continue
+        moved = not torch.equal(parameter, before[name])
+        assert moved != ("last_layer" in name), name
 
 
 def test_mismatched_experts_are_refused():
     import pytest
 
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(DistillConfigError, match="do not match"):
         DistillationModel(
             create_vit("vit_tiny_patch14", depth=1, img_size=56),
             LossConfig(prototypes=8, experts=(ExpertSpec("a", 10),)),

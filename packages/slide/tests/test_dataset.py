@@ -55,3 +55,33 @@ def test_pickles_without_its_slide_handle(synthetic):
     clone = pickle.loads(pickle.dumps(dataset))
     assert torch.equal(clone[1], dataset[1])
     dataset.close()
+
+
+def test_multi_slide_dataset_draws_a_seeded_sample_per_slide(synthetic, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    import pytest
+
+    from gpfm.slide import MultiSlidePatchDataset, SlideError
+
+    with open_slide(synthetic.path) as slide:
+        tiles = tile(slide, mpp=1.0, patch_size=64, min_tissue=0.5)
+    coords = tmp_path / "coords"
+    write_coords(coords / "a.h5", tiles)
+    moved = tmp_path / "slides"
+    moved.mkdir()
+    shutil.copy(synthetic.path, moved / f"b{synthetic.path.suffix}")
+    write_coords(coords / "b.h5", replace(tiles, slide_path=None))  # found in slides_dir
+
+    dataset = MultiSlidePatchDataset(coords, per_slide=5, seed=3, slides_dir=moved)
+    again = MultiSlidePatchDataset(coords, per_slide=5, seed=3, slides_dir=moved)
+    assert len(dataset) == 10 and len(dataset.slides) == 2
+    assert dataset.slides[1].slide_path == moved / f"b{synthetic.path.suffix}"
+    assert np.array_equal(dataset.slides[0].tiles.coords, again.slides[0].tiles.coords)
+    assert set(map(tuple, dataset.slides[0].tiles.coords)) <= set(map(tuple, tiles.coords))
+    assert dataset[7].shape == (3, 64, 64)
+    with pytest.raises(SlideError, match="slides_dir"):
+        MultiSlidePatchDataset(coords, per_slide=5)
+    with pytest.raises(SlideError, match="no coords files"):
+        MultiSlidePatchDataset(tmp_path / "empty", per_slide=5)

@@ -12,6 +12,7 @@ Examples::
 from typing import Any
 
 from gpfm.backbone.attention import Attention, resolve_backend
+from gpfm.backbone.errors import BackboneError
 from gpfm.backbone.checkpoint import (
     CheckpointError,
     convert_checkpoint,
@@ -62,6 +63,7 @@ __all__ = [
     *sorted(_WEIGHTS),
     "VIT_ARCHITECTURES",
     "Attention",
+    "BackboneError",
     "CheckpointError",
     "VisionTransformer",
     "convert_checkpoint",

@@ -25,12 +25,14 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from gpfm.backbone.errors import BackboneError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ _HEADS = re.compile(r"^(dino_head|ibot_head|head|fc_norm|.*_head)\.|^head\.")
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BackboneError, ValueError):
     """A checkpoint that cannot be converted to, or loaded into, the model asked for."""
 
 
@@ -109,13 +111,42 @@ def _has_class_position(pos_embed: Tensor) -> bool:
     return math.isqrt(positions) ** 2 != positions
 
 
-def resample_pos_embed(pos_embed: Tensor, grid_size: int) -> Tensor:
+PosEmbedRule = Literal["dinov2", "size"]
+"""How a position grid is resized: ``"dinov2"`` (DINOv2's and GPFM's own code: bicubic with
+``scale_factor = (g + 0.1) / M``, no antialias) or ``"size"`` (timm's: bicubic to ``size=g``)."""
+
+
+def resize_pos_grid(
+    patch_pos: Tensor, grid_h: int, grid_w: int, rule: PosEmbedRule = "dinov2"
+) -> Tensor:
+    """Resize (1, D, M, M) position embeddings to (1, D, grid_h, grid_w), bicubic, in fp32.
+
+    ``"dinov2"`` follows ``interpolate_pos_encoding`` of DINOv2 / GPFM
+    (birkhoffkiki/GPFM ``pretrain/dinov2/models/vision_transformer.py:178-183``): the
+    sampling positions come from the scale factor, not from the output size, so values differ
+    from ``size=`` by up to a few per cent (every 98 px local crop, DINOv2 at 224 px).
+    """
+    side = patch_pos.shape[-1]
+    if rule == "dinov2":
+        scale = ((grid_h + 0.1) / side, (grid_w + 0.1) / side)
+        resized = F.interpolate(patch_pos.float(), scale_factor=scale, mode="bicubic")
+        if resized.shape[-2:] != (grid_h, grid_w):  # cannot happen for grids below ~10^5
+            raise ValueError(f"resizing a {side}x{side} grid gave {tuple(resized.shape[-2:])}")
+        return resized
+    if rule == "size":
+        return F.interpolate(
+            patch_pos.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False
+        )
+    raise ValueError(f"position-embedding rule must be 'dinov2' or 'size', got {rule!r}")
+
+
+def resample_pos_embed(pos_embed: Tensor, grid_size: int, rule: PosEmbedRule = "dinov2") -> Tensor:
     """Bicubically resize (1, 1 + g², D) position embeddings to a ``grid_size`` square grid."""
     side = math.isqrt(pos_embed.shape[1] - 1)
     if side == grid_size:
         return pos_embed
-    patch = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    patch = F.interpolate(patch, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+    patch = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = resize_pos_grid(patch, grid_size, grid_size, rule)
     patch = patch.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1).to(pos_embed.dtype)
     return torch.cat([pos_embed[:, :1], patch], dim=1)
 
@@ -135,7 +166,8 @@ def load_checkpoint_strict(model: nn.Module, checkpoint: Mapping[str, Any] | str
     expected = model.state_dict()
     grid = getattr(model, "grid_size", None)
     if grid is not None and "pos_embed" in state:
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid)
+        rule = getattr(model, "pos_embed_rule", "size")
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, rule)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [

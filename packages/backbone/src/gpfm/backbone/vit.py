@@ -4,7 +4,8 @@ Blocks are pre-norm with LayerScale and stochastic depth; the MLP is GELU or Swi
 register tokens sit between the class token and the patch tokens; a learnable mask token
 replaces masked patch embeddings (iBOT). Position embeddings cover the class token and a square
 patch grid and are interpolated (bicubic) for any other input size, e.g. 98 px local crops or
-512 px tiles. Parameter names follow timm's ``VisionTransformer``, so timm weights load as they
+512 px tiles, by DINOv2's own rule (``scale_factor = (g + 0.1) / M``, see ``resize_pos_grid``) so
+that DINOv2 and GPFM weights give their reference outputs at every size. Parameter names follow timm's ``VisionTransformer``, so timm weights load as they
 are; ``gpfm.backbone.checkpoint`` converts the DINOv2 and GPFM layouts.
 """
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpfm.backbone.attention import Attention, Backend
+from gpfm.backbone.checkpoint import PosEmbedRule, resize_pos_grid
 
 Features = dict[str, Tensor]
 
@@ -183,6 +185,7 @@ class VisionTransformer(nn.Module):
         norm_eps: float = 1e-6,
         dynamic_img_size: bool = True,
         attention: Backend | None = None,
+        pos_embed_rule: PosEmbedRule = "dinov2",
     ) -> None:
         super().__init__()
         if ffn_layer not in ("mlp", "swiglu"):
@@ -194,6 +197,7 @@ class VisionTransformer(nn.Module):
         self.num_heads = num_heads
         self.num_register_tokens = num_register_tokens
         self.dynamic_img_size = dynamic_img_size
+        self.pos_embed_rule: PosEmbedRule = pos_embed_rule
         self.grid_size = img_size // patch_size
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -256,9 +260,8 @@ class VisionTransformer(nn.Module):
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         side = self.grid_size
         patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(
-            patch_pos.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False
-        ).to(self.pos_embed.dtype)
+        patch_pos = resize_pos_grid(patch_pos, grid_h, grid_w, self.pos_embed_rule)
+        patch_pos = patch_pos.to(self.pos_embed.dtype)
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
         return torch.cat([cls_pos, patch_pos], dim=1)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpfm.distill.distributed import all_reduce_sum, world_size
+from gpfm.distill.precision import fp32_or_wider
 
 
 @torch.no_grad()
@@ -20,8 +21,10 @@ def sinkhorn_knopp(teacher_logits: Tensor, temp: float, n_iters: int = 3) -> Ten
     Computed in fp32; the batch statistics are summed over all processes, so every process
     balances the prototypes of the global batch.
     """
-    q = torch.exp(teacher_logits.float() / temp).t()  # (K, B)
-    batch = torch.tensor(q.shape[1] * world_size(), dtype=q.dtype, device=q.device)
+    q = torch.exp(fp32_or_wider(teacher_logits) / temp).t()  # (K, B)
+    # Rows over all processes: B x world size for class tokens; for masked patches, whose
+    # count differs between processes, the true total (as GPFM's iBOT loss all-reduces it).
+    batch = all_reduce_sum(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
     prototypes = q.shape[0]
     q /= all_reduce_sum(q.sum().clone())
     for _ in range(n_iters):
@@ -46,7 +49,7 @@ class TeacherCentering(nn.Module):
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         """softmax((t − centre) / teacher_temp) in fp32."""
-        return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+        return F.softmax((fp32_or_wider(teacher_logits) - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
@@ -56,8 +59,11 @@ class TeacherCentering(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: Tensor) -> None:
-        """centre ← m·centre + (1 − m)·mean of the rows of ``teacher_logits`` over all processes."""
-        rows = torch.tensor(float(teacher_logits.shape[0]), device=teacher_logits.device)
-        total = all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
-        mean = total / all_reduce_sum(rows).clamp(min=1.0)
+        """centre ← m·centre + (1 − m)·batch mean of ``teacher_logits`` (see ``batch_mean``)."""
+        mean = self.batch_mean(fp32_or_wider(teacher_logits))
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
+
+    def batch_mean(self, teacher_logits: Tensor) -> Tensor:
+        """(1, K) mean of the rows over all processes (equal row counts: the pooled mean)."""
+        total = all_reduce_sum(teacher_logits.sum(dim=0, keepdim=True))
+        return total / (teacher_logits.shape[0] * world_size())

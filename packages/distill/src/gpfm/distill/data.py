@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gpfm.distill.errors import DistillDataError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -32,7 +34,7 @@ class ImageFileDataset(Dataset[Any]):
     ) -> None:
         self.paths = _resolve_paths(source)
         if not self.paths:
-            raise ValueError(f"{source}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+            raise DistillDataError(f"{source}: no images found ({', '.join(IMAGE_SUFFIXES)})")
         self.transform = transform
 
     def __len__(self) -> int:

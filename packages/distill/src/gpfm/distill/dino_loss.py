@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpfm.distill.centering import TeacherCentering
+from gpfm.distill.precision import fp32_or_wider
 
 
 class DINOLoss(TeacherCentering):
@@ -14,9 +15,11 @@ class DINOLoss(TeacherCentering):
 
     The student's log-softmax uses ``student_temp`` (0.1); the teacher's targets come from
     ``softmax_center_teacher`` (subtract an EMA centre, temperature ``teacher_temp``) or
-    ``sinkhorn_knopp_teacher`` (see ``TeacherCentering``). ``forward`` averages over every
-    (student crop, teacher crop) pair except a global crop with itself: with 2 global and 8
-    local crops, 2 x 10 − 2 = 18 pairs.
+    ``sinkhorn_knopp_teacher`` (see ``TeacherCentering``). ``forward`` sums the
+    cross-entropy over every (student crop, teacher crop) pair except a global crop with itself
+    and divides by the reference's count of loss terms, ``n_g (n_g − 1) + max(n_g n_l, 1)``
+    (GPFM ``ssl_meta_arch.py:198-199``): with 2 global and 8 local crops, the mean over 18
+    pairs; without local crops the reference still counts one local term (2 + 1), and so do we.
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
@@ -32,12 +35,12 @@ class DINOLoss(TeacherCentering):
             teacher_probs: one (B, K) target distribution per global crop.
         """
         total = student_logits[0].new_zeros((), dtype=torch.float32)
-        pairs = 0
         for s_index, student in enumerate(student_logits):
-            log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)
+            log_probs = F.log_softmax(fp32_or_wider(student) / self.student_temp, dim=-1)
             for t_index, teacher in enumerate(teacher_probs):
                 if s_index == t_index:
                     continue  # a global crop does not predict itself
                 total = total - (teacher * log_probs).sum(dim=-1).mean()
-                pairs += 1
-        return total / max(pairs, 1)
+        n_global = len(teacher_probs)
+        n_local = len(student_logits) - n_global
+        return total / (n_global * (n_global - 1) + max(n_global * n_local, 1))

@@ -10,7 +10,9 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.heads import ExpertHead
+from gpfm.distill.precision import fp32_or_wider
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class ExpertSpec:
 
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     """1 − cos(a, b) over the last dimension, averaged over everything else."""
-    return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()
+    return (1.0 - F.cosine_similarity(fp32_or_wider(a), fp32_or_wider(b), dim=-1)).mean()
 
 
 def resize_token_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -33,10 +35,10 @@ def resize_token_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     batch, count, dim = tokens.shape
     side = math.isqrt(count)
     if side * side != count:
-        raise ValueError(f"expert patch tokens ({count}) do not form a square grid")
+        raise DistillConfigError(f"expert patch tokens ({count}) do not form a square grid")
     if (side, side) == grid:
         return tokens
-    image = tokens.transpose(1, 2).reshape(batch, dim, side, side).float()
+    image = fp32_or_wider(tokens.transpose(1, 2).reshape(batch, dim, side, side))
     image = F.interpolate(image, size=grid, mode="bicubic", align_corners=False)
     return image.reshape(batch, dim, grid[0] * grid[1]).transpose(1, 2)
 
@@ -61,7 +63,7 @@ class ExpertDistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if cls_loss not in ("cosine", "kl"):
-            raise ValueError(f"cls_loss must be 'cosine' or 'kl', got {cls_loss!r}")
+            raise DistillConfigError(f"cls_loss must be 'cosine' or 'kl', got {cls_loss!r}")
         self.experts = {spec.name: spec for spec in experts}
         self.heads = nn.ModuleDict(
             {spec.name: ExpertHead(student_dim, spec.dim, bottleneck_dim) for spec in experts}
@@ -74,8 +76,8 @@ class ExpertDistillationLoss(nn.Module):
             return cosine_distance(predicted, target)
         t = self.kl_temperature
         return F.kl_div(
-            F.log_softmax(predicted.float() / t, dim=-1),
-            F.log_softmax(target.float() / t, dim=-1),
+            F.log_softmax(fp32_or_wider(predicted) / t, dim=-1),
+            F.log_softmax(fp32_or_wider(target) / t, dim=-1),
             reduction="batchmean",
             log_target=True,
         )
@@ -110,7 +112,7 @@ class ExpertDistillationLoss(nn.Module):
                 target = resize_token_grid(patch, grid)
                 predicted = head(student_patch)
                 value = 0.9 * cosine_distance(predicted, target) + 0.1 * F.smooth_l1_loss(
-                    predicted.float(), target.float()
+                    fp32_or_wider(predicted), fp32_or_wider(target)
                 )
                 terms[f"{name}_patch"] = spec.patch_weight * value
         return terms

@@ -1,17 +1,35 @@
-"""Frozen expert models for distillation: eval mode, no gradients, their own preprocessing."""
+"""Frozen expert models for distillation: eval mode, no gradients, GPFM's inputs and targets.
+
+GPFM feeds every expert the student's unmasked 224 px ImageNet-normalised global crops as they
+are (birkhoffkiki/GPFM ``pretrain/dinov2/train/ssl_meta_arch.py:210-221``), whatever the
+expert's own preprocessing: ``preprocessing="shared"``, the default. ``preprocessing="own"``
+re-normalises the crops to the expert's mean/std and resizes them to its input size (CONCH at
+448 px with CLIP statistics), which the expert's authors would do but GPFM does not.
+
+Targets (``expert_from_encoder``): the class token and final-norm patch tokens for ViT experts
+(UNI and Phikon, as GPFM's ``fms.py:16-38``), and for CONCH its projected, L2-normalised image
+embedding (``fms.py:48-58``: ``proj_contrast`` applied), not the zoo's CONCH embedding, which is
+the unprojected one its authors recommend for downstream tasks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpfm.distill.augment import IMAGENET_MEAN, IMAGENET_STD
+from gpfm.distill.errors import DistillConfigError
+from gpfm.distill.precision import fp32_or_wider
+
+if TYPE_CHECKING:
+    from gpfm.backbone import Encoder
 
 ExpertOutput = dict[str, Tensor | None]
+ExpertPreprocessing = Literal["shared", "own"]
 
 
 def _as_tokens(output: Any) -> ExpertOutput:
@@ -25,11 +43,12 @@ def _as_tokens(output: Any) -> ExpertOutput:
 class FrozenExpert(nn.Module):
     """A frozen model that maps the student's global crops to its own tokens.
 
-    The crops arrive normalised with ``source_mean`` / ``source_std`` (ImageNet's); they are
-    re-normalised to the expert's ``mean`` / ``std`` and resized to its ``input_size`` if it
-    needs a fixed one. ``forward`` runs without gradients, in eval mode whatever ``train()``
-    says, under bf16 autocast on CUDA, and returns ``{"cls": (B, D_e), "patch": (B, N_e, D_e)
-    or None}``.
+    The crops arrive normalised with ``source_mean`` / ``source_std`` (ImageNet's). With the
+    defaults (``mean``/``std`` equal to the source's, no ``input_size``) they reach the model as
+    they are, as in GPFM; otherwise they are re-normalised to the expert's ``mean`` / ``std``
+    and resized to its ``input_size``. ``forward`` runs without gradients, in eval mode
+    whatever ``train()`` says, under bf16 autocast on CUDA, and returns
+    ``{"cls": (B, D_e), "patch": (B, N_e, D_e) or None}``.
 
     Args:
         model: the expert network.
@@ -77,4 +96,76 @@ class FrozenExpert(nn.Module):
             )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
             tokens = _as_tokens(self.token_fn(x) if self.token_fn else self.model(x))
-        return {k: (v.float() if v is not None else None) for k, v in tokens.items()}
+        return {k: (fp32_or_wider(v) if v is not None else None) for k, v in tokens.items()}
+
+
+def expert_from_encoder(
+    encoder: Encoder,
+    preprocessing: ExpertPreprocessing = "shared",
+    target: Literal["gpfm", "embedding"] = "gpfm",
+) -> FrozenExpert:
+    """A frozen expert from a ``gpfm.backbone`` zoo encoder.
+
+    Args:
+        encoder: e.g. ``load_encoder("uni", weights=...)``.
+        preprocessing: ``"shared"`` (GPFM: the student's global crops as they are) or
+            ``"own"`` (the encoder's own input size and mean/std).
+        target: ``"gpfm"``, what GPFM distils from (CONCH: the projected, L2-normalised
+            embedding), or ``"embedding"``, the zoo's recommended embedding.
+
+    The CLS target is ``(B, D_e)``; patch targets are the final-norm patch tokens when they
+    live in the same space as the CLS target (a CNN or CONCH gives the CLS term only).
+    """
+    if preprocessing not in ("shared", "own"):
+        raise DistillConfigError(
+            f"expert {encoder.name!r}: preprocessing must be 'shared' or 'own', "
+            f"got {preprocessing!r}"
+        )
+    if target not in ("gpfm", "embedding"):
+        raise DistillConfigError(
+            f"expert {encoder.name!r}: target must be 'gpfm' or 'embedding', got {target!r}"
+        )
+    cls_target: Callable[[Tensor], Tensor] = encoder
+    if target == "gpfm" and encoder.name == "conch":
+        visual: Any = encoder.model
+
+        def cls_target(images: Tensor) -> Tensor:
+            return visual.encode_image(images, proj_contrast=True, normalize=True)  # type: ignore[no-any-return]
+
+    def tokens(images: Tensor) -> ExpertOutput:
+        embedding = cls_target(images)
+        patch = None
+        if encoder.has_tokens and cls_target is encoder:
+            patch_tokens = encoder.forward_tokens(images)["patch"]
+            if patch_tokens.shape[-1] == embedding.shape[-1]:
+                patch = patch_tokens
+        return {"cls": embedding, "patch": patch}
+
+    own = preprocessing == "own"
+    return FrozenExpert(
+        encoder,
+        encoder.embed_dim,
+        forward=tokens,
+        input_size=encoder.input_size if own else None,
+        mean=encoder.mean if own else IMAGENET_MEAN,
+        std=encoder.std if own else IMAGENET_STD,
+    )
+
+
+def random_vit_expert(
+    architecture: str,
+    seed: int,
+    preprocessing: ExpertPreprocessing = "shared",
+    **overrides: Any,
+) -> FrozenExpert:
+    """A randomly initialised ``gpfm.backbone.create_vit`` expert, seeded (tests and demos)."""
+    from gpfm.backbone import create_vit
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_vit(architecture, **overrides)
+    return FrozenExpert(
+        model,
+        model.embed_dim,
+        input_size=model.img_size if preprocessing == "own" else None,
+    )

@@ -9,26 +9,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from gpfm.distill.errors import DistillConfigError
 
-def _weight_normed_linear(in_dim: int, out_dim: int, fix_norm: bool) -> nn.Linear:
+
+def _weight_normed_linear(in_dim: int, out_dim: int) -> nn.Linear:
     layer = weight_norm(nn.Linear(in_dim, out_dim, bias=False))
-    # weight = g · v / ‖v‖; DINO fixes g = 1 so the prototypes stay on the unit sphere.
-    original0 = layer.parametrizations.weight.original0
-    original0.data.fill_(1.0)
-    if fix_norm:
-        original0.requires_grad_(False)
+    # weight = g · v / ‖v‖ with g initialised to 1 and trained, on the last-layer lr schedule
+    # (DINOv2's and GPFM's ``layers/dino_head.py:27-28``; DINO v1 froze g, they do not).
+    layer.parametrizations.weight.original0.data.fill_(1.0)
     return layer
 
 
 class DINOHead(nn.Module):
     """MLP -> bottleneck -> L2 norm -> weight-normed prototypes (DINOv2's head).
 
+    Parameter roles follow the reference: ``mlp`` and ``last_layer``; every parameter whose
+    name contains ``last_layer`` gets the last-layer learning rate (0 during the first epoch).
+
     Args:
         in_dim: backbone width.
-        out_dim: number of prototypes (65,536 in GPFM).
-        hidden_dim: MLP width (2048).
+        out_dim: number of prototypes (65,536 in GPFM), or an expert's feature size.
+        hidden_dim: MLP width (2048); unused with one layer.
         bottleneck_dim: width before the prototypes (256).
-        n_layers: linear layers in the MLP (3).
+        n_layers: linear layers in the MLP (3; 1 for GPFM's expert heads).
     """
 
     def __init__(
@@ -40,18 +43,20 @@ class DINOHead(nn.Module):
         n_layers: int = 3,
     ) -> None:
         super().__init__()
+        if n_layers < 1:
+            raise DistillConfigError(f"n_layers must be at least 1, got {n_layers}")
         dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for index, (a, b) in enumerate(itertools.pairwise(dims)):
             layers.append(nn.Linear(a, b))
             if index < n_layers - 1:
                 layers.append(nn.GELU())
-        self.mlp = nn.Sequential(*layers)
-        for module in self.mlp:
+        self.mlp: nn.Module = layers[0] if n_layers == 1 else nn.Sequential(*layers)
+        for module in self.mlp.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-        self.last_layer = _weight_normed_linear(bottleneck_dim, out_dim, fix_norm=True)
+        self.last_layer = _weight_normed_linear(bottleneck_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.mlp(x)
@@ -59,15 +64,12 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(hidden, dim=-1, p=2, eps=eps))
 
 
-class ExpertHead(nn.Module):
-    """Linear -> L2 norm -> weight-normed Linear: student tokens into an expert's feature space."""
+class ExpertHead(DINOHead):
+    """Student tokens into an expert's feature space: Linear -> L2 norm -> weight-normed Linear.
+
+    GPFM builds it as ``DINOHead(nlayers=1, bottleneck_dim=256)`` (``train/ssl_meta_arch.py:
+    94-103``), so its last layer is frozen during the first epoch like the prototypes.
+    """
 
     def __init__(self, in_dim: int, expert_dim: int, bottleneck_dim: int = 256) -> None:
-        super().__init__()
-        self.proj = nn.Linear(in_dim, bottleneck_dim)
-        nn.init.trunc_normal_(self.proj.weight, std=0.02)
-        nn.init.zeros_(self.proj.bias)
-        self.out = _weight_normed_linear(bottleneck_dim, expert_dim, fix_norm=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(F.normalize(self.proj(x), dim=-1))
+        super().__init__(in_dim, expert_dim, bottleneck_dim=bottleneck_dim, n_layers=1)

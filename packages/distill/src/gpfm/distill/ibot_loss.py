@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpfm.distill.centering import TeacherCentering
+from gpfm.distill.distributed import all_reduce_sum, world_size
+from gpfm.distill.precision import fp32_or_wider
 
 
 class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
@@ -19,6 +21,18 @@ class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
         super().__init__(out_dim, center_momentum)
         self.student_temp = student_temp
 
+    def batch_mean(self, teacher_logits: Tensor) -> Tensor:
+        """Each process's mean over its masked patches, averaged over processes.
+
+        Processes mask different numbers of patches; the reference averages their means
+        rather than pooling the patches (GPFM ``loss/ibot_patch_loss.py:133-147``).
+        """
+        if teacher_logits.shape[0] == 0:  # nothing masked here: no evidence, not NaN
+            mean = teacher_logits.new_zeros(1, teacher_logits.shape[1])
+        else:
+            mean = teacher_logits.mean(dim=0, keepdim=True)
+        return all_reduce_sum(mean) / world_size()
+
     def forward(self, student_logits: Tensor, teacher_probs: Tensor, masks: Tensor) -> Tensor:
         """Loss of the masked patches.
 
@@ -28,8 +42,8 @@ class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
             teacher_probs: (M, K) teacher targets of the same patches.
             masks: (B, N) bool, which patches of each image were masked.
         """
-        log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        log_probs = F.log_softmax(fp32_or_wider(student_logits) / self.student_temp, dim=-1)
         per_patch = -(teacher_probs * log_probs).sum(dim=-1)
-        per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1).float()
+        per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1).to(log_probs.dtype)
         weights = (1.0 / per_image).expand_as(masks)[masks]
         return (per_patch * weights).sum() / masks.shape[0]

@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpfm.distill.errors import DistillDataError
+from gpfm.distill.precision import fp32_or_wider
+
 
 class KoLeoLoss(nn.Module):
     """−mean log(distance to the nearest neighbour) of L2-normalised features, in fp32.
@@ -21,9 +24,9 @@ class KoLeoLoss(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """``features``: (B, D) with B >= 2."""
         if features.shape[0] < 2:
-            raise ValueError("KoLeo needs at least two samples per batch")
+            raise DistillDataError("KoLeo needs at least two samples per batch")
         with torch.autocast(device_type=features.device.type, enabled=False):
-            x = F.normalize(features.float(), dim=-1, eps=self.eps)
+            x = F.normalize(fp32_or_wider(features), dim=-1, eps=self.eps)
             with torch.no_grad():
                 similarity = x @ x.t()
                 similarity.fill_diagonal_(-2.0)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gpfm.distill.ema import update_ema
+from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.experts import FrozenExpert
 from gpfm.distill.heads import DINOHead
 from gpfm.distill.optim import parameter_groups
@@ -22,12 +23,13 @@ class DistillationModel(nn.Module):
     loss terms and ``total``. Gradients reach the student (backbone, DINO/iBOT heads) and the
     expert heads only; the teacher is updated by ``update_teacher`` and the experts never.
 
+    Every parameter named ``last_layer`` (the prototypes and the expert heads' output layers)
+    takes the last-layer learning rate, 0 during the first epoch (``gpfm_schedules``).
+
     Args:
         backbone: the student ViT (copied to make the teacher).
-        loss: the objective's configuration (prototypes, weights, experts).
+        loss: the objective's configuration (prototypes, heads, weights, experts).
         experts: frozen experts by name; their names and sizes must match ``loss.experts``.
-        head_hidden_dim, head_bottleneck_dim, head_layers: the DINO head (2048, 256, 3).
-        separate_ibot_head: a second head for iBOT instead of sharing the DINO head.
     """
 
     def __init__(
@@ -35,20 +37,22 @@ class DistillationModel(nn.Module):
         backbone: nn.Module,
         loss: LossConfig | None = None,
         experts: dict[str, FrozenExpert] | None = None,
-        head_hidden_dim: int = 2048,
-        head_bottleneck_dim: int = 256,
-        head_layers: int = 3,
-        separate_ibot_head: bool = False,
     ) -> None:
         super().__init__()
         loss = loss or LossConfig()
         dim = int(backbone.embed_dim)  # type: ignore[arg-type]
 
         def head() -> DINOHead:
-            return DINOHead(dim, loss.prototypes, head_hidden_dim, head_bottleneck_dim, head_layers)
+            return DINOHead(
+                dim,
+                loss.prototypes,
+                loss.head_hidden_dim,
+                loss.head_bottleneck_dim,
+                loss.head_layers,
+            )
 
         student = {"backbone": backbone, "dino_head": head()}
-        if separate_ibot_head:
+        if loss.separate_ibot_head:
             student["ibot_head"] = head()
         self.student = nn.ModuleDict(student)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
@@ -57,7 +61,9 @@ class DistillationModel(nn.Module):
         expected = {spec.name: spec.dim for spec in loss.experts}
         given = {name: expert.dim for name, expert in experts.items()}
         if expected != given:
-            raise ValueError(f"experts {given} do not match the loss configuration {expected}")
+            raise DistillConfigError(
+                f"experts {given} do not match the loss configuration {expected}"
+            )
         # Held outside the module tree: frozen experts are neither trained, nor averaged, nor
         # written into checkpoints (they would double a checkpoint's size); ``_apply`` still
         # moves them with the model.
@@ -168,8 +174,12 @@ class DistillationModel(nn.Module):
             backbone_prefix="student.backbone.",
         )
 
-    def cancel_last_layer_gradients(self) -> None:
-        """Drop the prototype layers' gradients (done during the first epoch, as in DINO)."""
-        for name, parameter in self.student.named_parameters():
-            if "last_layer" in name:
-                parameter.grad = None
+    def clipping_groups(self) -> list[list[nn.Parameter]]:
+        """The parameter sets whose gradient norms are clipped, each on its own.
+
+        The reference clips each student module separately (backbone, DINO head, iBOT head)
+        and leaves the expert heads unclipped (GPFM ``train/train.py:255-262``).
+        """
+        return [
+            [p for p in module.parameters() if p.requires_grad] for module in self.student.values()
+        ]

@@ -1,4 +1,10 @@
-"""The unified objective: L = w_dino·DINO + w_ibot·iBOT + w_koleo·KoLeo + Σ expert terms."""
+"""The unified objective: L = w_dino·DINO + w_ibot·iBOT + w_koleo·KoLeo + Σ expert terms.
+
+Every term is GPFM's ``SSLMetaArch.forward_backward`` (birkhoffkiki/GPFM ``pretrain/dinov2/
+train/ssl_meta_arch.py:183-455``) to float precision; ``tests/test_golden.py`` holds the proof.
+The logged terms are the weighted ones that are summed into ``total``: ``koleo`` is
+0.1 x (KoLeo of global crop 1 + KoLeo of global crop 2).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gpfm.distill.dino_loss import DINOLoss
+from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.expert_loss import ExpertDistillationLoss, ExpertSpec
 from gpfm.distill.ibot_loss import iBOTPatchLoss
 from gpfm.distill.koleo_loss import KoLeoLoss
@@ -16,18 +23,68 @@ from gpfm.distill.koleo_loss import KoLeoLoss
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights and settings of the objective (GPFM: DINO 1, iBOT 1, KoLeo 0.1)."""
+    """Every setting of the objective and its heads; the defaults are GPFM's.
+
+    From birkhoffkiki/GPFM ``pretrain/dinov2/configs/ssl_default_config.yaml`` (``dino``,
+    ``ibot``) and the loss modules' defaults (``student_temp`` 0.1, centre momentum 0.9,
+    3 Sinkhorn-Knopp iterations).
+
+    Attributes:
+        dino_weight, ibot_weight, koleo_weight: weights of the three self-distillation terms
+            (KoLeo's weight applies to its sum over the two global crops, as the reference's).
+        prototypes: DINO/iBOT head outputs K.
+        head_hidden_dim, head_bottleneck_dim, head_layers: the DINO/iBOT head's MLP.
+        separate_ibot_head: a second head for iBOT (GPFM shares one).
+        student_temp: the student's softmax temperature.
+        center_momentum: EMA momentum of the teacher centres (softmax centring).
+        centering: ``"softmax"`` (EMA centre) or ``"sinkhorn"`` (Sinkhorn-Knopp).
+        sinkhorn_iters: Sinkhorn-Knopp iterations.
+        mask_ratio, mask_probability: iBOT masking: the share of global crops masked and the
+            range of their masked-patch ratios.
+        experts: the frozen experts' specs (names, sizes, weights of their terms).
+        expert_cls_loss: ``"cosine"`` (GPFM's ``radio``) or ``"kl"`` (its ``KLDIV``).
+        expert_kl_temperature: τ of the KL variant.
+        expert_bottleneck_dim: width of the expert heads' bottleneck (256).
+    """
 
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
     prototypes: int = 65_536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    separate_ibot_head: bool = False
     student_temp: float = 0.1
     center_momentum: float = 0.9
     centering: Literal["softmax", "sinkhorn"] = "softmax"
     sinkhorn_iters: int = 3
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_probability: float = 0.5
     experts: tuple[ExpertSpec, ...] = field(default_factory=tuple)
     expert_cls_loss: Literal["cosine", "kl"] = "cosine"
+    expert_kl_temperature: float = 1.0
+    expert_bottleneck_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.centering not in ("softmax", "sinkhorn"):
+            raise DistillConfigError(
+                f"centering must be 'softmax' or 'sinkhorn', got {self.centering!r}"
+            )
+        if self.expert_cls_loss not in ("cosine", "kl"):
+            raise DistillConfigError(
+                f"expert_cls_loss must be 'cosine' or 'kl', got {self.expert_cls_loss!r}"
+            )
+        if self.prototypes < 1 or self.student_temp <= 0 or self.sinkhorn_iters < 0:
+            raise DistillConfigError(
+                "prototypes must be >= 1, student_temp > 0 and sinkhorn_iters >= 0; got "
+                f"{self.prototypes}, {self.student_temp}, {self.sinkhorn_iters}"
+            )
+        if not 0 <= self.center_momentum <= 1 or not 0 <= self.mask_probability <= 1:
+            raise DistillConfigError(
+                "center_momentum and mask_probability must lie in [0, 1]; got "
+                f"{self.center_momentum}, {self.mask_probability}"
+            )
 
 
 class UnifiedDistillationLoss(nn.Module):
@@ -45,7 +102,11 @@ class UnifiedDistillationLoss(nn.Module):
         self.ibot = iBOTPatchLoss(config.prototypes, config.student_temp, config.center_momentum)
         self.koleo = KoLeoLoss()
         self.experts = ExpertDistillationLoss(
-            student_dim, list(config.experts), cls_loss=config.expert_cls_loss
+            student_dim,
+            list(config.experts),
+            cls_loss=config.expert_cls_loss,
+            kl_temperature=config.expert_kl_temperature,
+            bottleneck_dim=config.expert_bottleneck_dim,
         )
 
     @torch.no_grad()
@@ -97,11 +158,14 @@ class UnifiedDistillationLoss(nn.Module):
             value = self.ibot(student_patch_logits, teacher_patch_targets, masks)
             terms["ibot"] = config.ibot_weight * value
         if config.koleo_weight:
-            koleo = torch.stack([self.koleo(cls) for cls in student_global_cls]).mean()
+            # Summed over the global crops, as the reference does (ssl_meta_arch.py:419-423).
+            koleo = torch.stack([self.koleo(cls) for cls in student_global_cls]).sum()
             terms["koleo"] = config.koleo_weight * koleo
         if config.experts:
             if expert_outputs is None or student_global_patch is None or grid is None:
-                raise ValueError("expert terms need expert_outputs, student_global_patch and grid")
+                raise DistillConfigError(
+                    "expert terms need expert_outputs, student_global_patch and grid"
+                )
             student_cls = torch.cat(student_global_cls)
             terms.update(self.experts(student_cls, student_global_patch, grid, expert_outputs))
         terms["total"] = torch.stack(list(terms.values())).sum()

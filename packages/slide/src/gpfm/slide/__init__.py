@@ -6,6 +6,7 @@ tiles = tile(slide, mpp=0.5, patch_size=224)    # Tiles: level-0 coords + how to
 write_coords("coords/slide.h5", tiles)          # HDF5 readable by CLAM and TRIDENT
 for index, rgb in read_tiles(slide, tiles): ... # fast reader, each native tile decoded once
 PatchDataset("slide.svs", tiles, transform)     # torch Dataset, safe with DataLoader workers
+MultiSlidePatchDataset("coords/", per_slide=64) # a seeded sample of tiles from many slides
 """
 
 from gpfm.slide.backends import SlideReader
@@ -27,16 +28,17 @@ from gpfm.slide.tissue import TissueMask, segment_tissue
 
 def __getattr__(name: str) -> object:
     # PatchDataset needs torch; importing it lazily keeps the CLI and plain reading light.
-    if name == "PatchDataset":
-        from gpfm.slide.dataset import PatchDataset
+    if name in ("PatchDataset", "MultiSlidePatchDataset"):
+        from gpfm.slide import dataset
 
-        return PatchDataset
+        return getattr(dataset, name)
     raise AttributeError(f"module 'gpfm.slide' has no attribute {name!r}")
 
 
 __all__ = [
     "CoordsFileError",
     "MissingResolutionError",
+    "MultiSlidePatchDataset",
     "PatchDataset",
     "Slide",
     "SlideError",

@@ -3,9 +3,13 @@
 A tile of a ``Tiles`` grid rarely lines up with the file's own JPEG tiles, so reading it with one
 ``read_region`` call per tile (as CLAM and TRIDENT do) decodes most native tiles several times
 and pays the region call's overhead per tile. Here each native tile is decoded once (directly with
-tifffile + libjpeg-turbo when the file is a TIFF whose decoded tiles are bit-identical to what the
+libjpeg-turbo when the file is a JPEG-tiled TIFF whose decoded tiles are bit-identical to what the
 slide's backend returns, else through the backend), shared by the tiles that need it and freed
 when the last of them is done.
+
+Damaged files: the direct decoder treats every libjpeg warning as an error (as OpenSlide does),
+and a native tile it cannot decode cleanly is read through the backend instead, so both paths
+give the same pixels or the same ``SlideReadError``, never a raw decoder exception.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import simplejpeg
 import tifffile
 from PIL import Image
 
 from gpfm.slide.backends.base import Size, paste_clipped
+from gpfm.slide.errors import SlideError, SlideReadError
 from gpfm.slide.slide import Slide
 from gpfm.slide.tiling import Tiles
 
@@ -33,6 +39,10 @@ _FALLBACK_BLOCK = 512  # block side (level pixels) where the file stores no tile
 _CHUNK = 32  # tiles per unit of thread work
 
 NativeTileFn = Callable[[int, int], np.ndarray]
+
+# An Adobe APP14 marker with transform 0: the stream's three components are R, G and B, as the
+# TIFF's PhotometricInterpretation says, not YCbCr (what libjpeg assumes without a marker).
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 
 def read_tile(slide: Slide, tiles: Tiles, index: int) -> np.ndarray:
@@ -85,9 +95,8 @@ class TileReader:
         native = slide.native_tile_size(level)
         self.block_size: Size = native or (_FALLBACK_BLOCK, _FALLBACK_BLOCK)
         self.level_width, self.level_height = slide.level_dimensions[level]
-        self._decode: NativeTileFn = _direct_tiff_decoder(slide, level, self.block_size) or (
-            self._read_block_via_backend
-        )
+        self._direct = _direct_tiff_decoder(slide, level, self.block_size)
+        self._decode: NativeTileFn = self._decode_block
         # np.rint rounds halves to even, as Python's round in _level_origin does.
         self._origins = np.rint(
             np.asarray(tiles.coords, dtype=np.float64).reshape(-1, 2) / tiles.level_downsample
@@ -102,7 +111,7 @@ class TileReader:
     @property
     def direct(self) -> bool:
         """True when native tiles are decoded straight from the TIFF (the fastest path)."""
-        return self._decode != self._read_block_via_backend
+        return self._direct is not None
 
     def _blocks_of(self, origin: np.ndarray) -> list[tuple[int, int]]:
         size = self.tiles.read_size
@@ -115,6 +124,24 @@ class TileReader:
         cols = range(x0 // block_w, math.ceil(x1 / block_w))
         rows = range(y0 // block_h, math.ceil(y1 / block_h))
         return [(col, row) for row in rows for col in cols]
+
+    def _decode_block(self, col: int, row: int) -> np.ndarray:
+        """Native tile (col, row) of the read level: directly if it decodes cleanly, else via
+        the backend (which returns what ``read_tile`` sees, or raises ``SlideReadError``)."""
+        if self._direct is not None:
+            try:
+                return self._direct(col, row)
+            except Exception as error:  # damaged tile data: the reference path decides
+                logger.debug("%s: native tile (%d, %d): %r", self.slide.path, col, row, error)
+        try:
+            return self._read_block_via_backend(col, row)
+        except SlideError:
+            raise
+        except Exception as error:
+            raise SlideReadError(
+                f"{self.slide.path}: failed to read native tile ({col}, {row}) of level "
+                f"{self.tiles.level}: {error!r}. The file is damaged; re-export or re-scan it."
+            ) from error
 
     def _read_block_via_backend(self, col: int, row: int) -> np.ndarray:
         block_w, block_h = self.block_size
@@ -195,11 +222,11 @@ def _level_origin(x: int, y: int, downsample: float) -> tuple[int, int]:
     return round(x / downsample), round(y / downsample)
 
 
-def _direct_tiff_decoder(slide: Slide, level: int, block_size: Size) -> NativeTileFn | None:
+def _direct_tiff_decoder(slide: Slide, level: int, block_size: Size) -> _TiffPageDecoder | None:
     """A decoder of the TIFF page behind ``level``, if its tiles equal what the backend returns.
 
-    Checked once on a real tile: any difference (colour handling, an unusual layout) and the
-    backend's own path is used instead.
+    Only JPEG-tiled RGB pages qualify. Checked once on a real tile: any difference (colour
+    handling, an unusual layout) and the backend's own path is used instead.
     """
     if slide.backend != "openslide" or slide.native_tile_size(level) is None:
         return None
@@ -207,6 +234,19 @@ def _direct_tiff_decoder(slide: Slide, level: int, block_size: Size) -> NativeTi
         tiff = tifffile.TiffFile(slide.path)
     except Exception:
         return None
+    try:
+        decoder = _probe(slide, level, block_size, tiff)
+    except Exception as error:
+        logger.debug("%s: direct TIFF decoding unavailable: %r", slide.path, error)
+        decoder = None
+    if decoder is None:
+        tiff.close()
+    return decoder
+
+
+def _probe(
+    slide: Slide, level: int, block_size: Size, tiff: tifffile.TiffFile
+) -> _TiffPageDecoder | None:
     width, height = slide.level_dimensions[level]
     page = next(
         (
@@ -217,53 +257,66 @@ def _direct_tiff_decoder(slide: Slide, level: int, block_size: Size) -> NativeTi
             and (p.imagewidth, p.imagelength) == (width, height)
             and (p.tilewidth, p.tilelength) == block_size
             and p.planarconfig == 1
-            and p.samplesperpixel in (3, 4)
+            and p.samplesperpixel == 3
+            and p.bitspersample == 8
+            and p.compression == tifffile.COMPRESSION.JPEG
+            and p.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
         ),
         None,
     )
     if page is None:
-        tiff.close()
         return None
     decoder = _TiffPageDecoder(tiff, page)
     cols, rows = math.ceil(width / block_size[0]), math.ceil(height / block_size[1])
     probe = (cols // 2, rows // 2)
-    try:
-        direct = decoder(*probe)
-        expected = slide.read_region(
-            (
-                round(probe[0] * block_size[0] * slide.level_downsamples[level]),
-                round(probe[1] * block_size[1] * slide.level_downsamples[level]),
-            ),
-            level,
-            (direct.shape[1], direct.shape[0]),
-        )
-        if direct.shape == expected.shape and np.array_equal(direct, expected):
-            return decoder
-        logger.debug("%s: direct TIFF decoding differs from the backend; not used", slide.path)
-    except Exception as error:
-        logger.debug("%s: direct TIFF decoding unavailable: %s", slide.path, error)
-    tiff.close()
+    direct = decoder(*probe)
+    expected = slide.read_region(
+        (
+            round(probe[0] * block_size[0] * slide.level_downsamples[level]),
+            round(probe[1] * block_size[1] * slide.level_downsamples[level]),
+        ),
+        level,
+        (direct.shape[1], direct.shape[0]),
+    )
+    if direct.shape == expected.shape and np.array_equal(direct, expected):
+        return decoder
+    logger.debug("%s: direct TIFF decoding differs from the backend; not used", slide.path)
     return None
 
 
 class _TiffPageDecoder:
-    """Decodes one tile of a tiled TIFF page to RGB, cropped to the image."""
+    """Decodes one JPEG tile of a tiled TIFF page to RGB, cropped to the image.
+
+    libjpeg-turbo through simplejpeg with ``strict=True``: a warning (corrupt or truncated data)
+    raises, as it does in OpenSlide, instead of returning patched-up pixels.
+    """
 
     def __init__(self, tiff: tifffile.TiffFile, page: Any) -> None:
         self._tiff = tiff
         self._page = page
         self._lock = threading.Lock()
         self._cols = math.ceil(page.imagewidth / page.tilewidth)
+        tables = page.jpegtables
+        # Abbreviated tile streams (e.g. Aperio) share one tables stream: SOI, tables, EOI.
+        self._head = b"\xff\xd8" + (bytes(tables)[2:-2] if tables else b"")
+        if page.photometric == tifffile.PHOTOMETRIC.RGB:
+            self._head += _ADOBE_RGB
 
     def __call__(self, col: int, row: int) -> np.ndarray:
         page = self._page
         index = row * self._cols + col
         with self._lock:
-            self._tiff.filehandle.seek(page.dataoffsets[index])
-            data = self._tiff.filehandle.read(page.databytecounts[index])
-        segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        if segment is None:  # a tile the scanner never wrote: glass
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            if count:
+                self._tiff.filehandle.seek(offset)
+                data = self._tiff.filehandle.read(count)
+        if not count:  # a tile the scanner never wrote: glass
             return np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
+        if data[:2] != b"\xff\xd8":
+            raise ValueError(f"tile {index} is not a JPEG stream")
+        segment = simplejpeg.decode_jpeg(self._head + data[2:], colorspace="RGB", strict=True)
+        if segment.shape != (page.tilelength, page.tilewidth, 3):
+            raise ValueError(f"tile {index} decodes to {segment.shape}, not the tile size")
         width = min(page.tilewidth, page.imagewidth - col * page.tilewidth)
         height = min(page.tilelength, page.imagelength - row * page.tilelength)
-        return np.ascontiguousarray(segment[0, :height, :width, :3])
+        return np.ascontiguousarray(segment[:height, :width])

@@ -48,31 +48,63 @@ def mpp_from_physical_size(size: float, unit: str | None) -> float | None:
     return size * factor
 
 
+def aperio_mpp_text(description: str) -> str | None:
+    """The text of the ``MPP = 0.4990`` field of an Aperio ImageDescription, if it has one."""
+    match = re.search(r"\|\s*MPP\s*=\s*([^|\r\n]*)", description)
+    return match.group(1).strip() if match else None
+
+
 def mpp_from_aperio_description(description: str) -> float | None:
-    """µm/px from the ``MPP = 0.4990`` field of an Aperio ImageDescription."""
-    match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description)
-    return float(match.group(1)) if match else None
+    """µm/px from the ``MPP = 0.4990`` field of an Aperio ImageDescription.
+
+    None when the field is absent or is not a number (``-nan``, ``abc``): never raises.
+    """
+    return parse_number(aperio_mpp_text(description))
 
 
-def plausible_mpp(mpp: float | None, source: str, path: Path | str) -> float | None:
-    """Return ``mpp`` if it lies within 0.05–20 µm/px, else None with a warning naming the file."""
-    if mpp is None or not math.isfinite(mpp):
+def parse_number(text: str | float | None) -> float | None:
+    """A float from metadata text, or None when ``text`` is None or not a number; never raises."""
+    if text is None:
         return None
-    if MIN_MPP <= mpp <= MAX_MPP:
-        return float(mpp)
+    try:
+        return float(text.strip() if isinstance(text, str) else text)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def plausible_mpp(mpp: float | str | None, source: str, path: Path | str) -> float | None:
+    """Return ``mpp`` if it lies within 0.05–20 µm/px, else None with a warning naming the file.
+
+    ``mpp`` may be the metadata's own text: anything that is not a finite number in range
+    (``-nan``, ``abc``, ``1e999``) is treated as "no resolution", with a warning.
+    """
+    if mpp is None:
+        return None
+    value = parse_number(mpp)
+    if value is None or not math.isfinite(value):
+        logger.warning(
+            "%s: %s gives %r, which is not a finite number of µm/px; treating the resolution "
+            "as missing",
+            path,
+            source,
+            mpp,
+        )
+        return None
+    if MIN_MPP <= value <= MAX_MPP:
+        return value
     logger.warning(
         "%s: %s gives %.4g µm/px, outside %.2g-%.2g µm/px; treating the resolution as missing",
         path,
         source,
-        mpp,
+        value,
         MIN_MPP,
         MAX_MPP,
     )
     return None
 
 
-def first_mpp(candidates: Mapping[str, float | None], path: Path | str) -> float | None:
-    """The first plausible value among ``{source name: mpp}`` candidates, in order."""
+def first_mpp(candidates: Mapping[str, float | str | None], path: Path | str) -> float | None:
+    """The first plausible value among ``{source name: mpp or its text}`` candidates, in order."""
     for source, value in candidates.items():
         mpp = plausible_mpp(value, source, path)
         if mpp is not None:

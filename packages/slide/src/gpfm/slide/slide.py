@@ -13,10 +13,13 @@ from PIL import Image
 
 from gpfm.slide.backends import BACKENDS, SlideReader
 from gpfm.slide.backends.base import Size
-from gpfm.slide.errors import SlideError, SlideReadError, UnsupportedSlideError
+from gpfm.slide.errors import SlideReadError, UnsupportedSlideError
 from gpfm.slide.resolution import resolve_mpp
 
 logger = logging.getLogger(__name__)
+
+READ_BLOCK = 2048
+"""Side in pixels of the blocks ``read_downsampled`` reads at a time (16 MiB as RGBA)."""
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
@@ -104,28 +107,50 @@ class Slide:
     def read_downsampled(self, downsample: float, band_height: int = 512) -> np.ndarray:
         """The whole slide at ``downsample`` level-0 pixels per output pixel, as RGB uint8.
 
-        Reads the best pyramid level in horizontal bands and area-resizes each, so memory stays
-        near the size of the output. Output shape: (ceil(H/downsample), ceil(W/downsample), 3).
+        Reads the best pyramid level in blocks of at most ``READ_BLOCK`` x ``READ_BLOCK`` pixels
+        of that level and area-resizes each, so memory stays near the size of the output
+        whatever the slide's size. Output shape: (ceil(H/downsample), ceil(W/downsample), 3).
+        ``band_height`` caps the output rows of a block.
+
+        Raises:
+            SlideReadError: pixel data failed to decode, or the slide has no level fine enough
+                for one output pixel to come from at most ``READ_BLOCK`` x ``READ_BLOCK`` pixels.
         """
-        if downsample <= 0:
-            raise ValueError(f"downsample must be positive, got {downsample}")
+        if not (math.isfinite(downsample) and downsample > 0):
+            raise ValueError(f"downsample must be a positive number, got {downsample}")
         width0, height0 = self.dimensions
         out_w, out_h = math.ceil(width0 / downsample), math.ceil(height0 / downsample)
         level = self.best_level_for_downsample(downsample)
         level_ds = self.level_downsamples[level]
         scale = downsample / level_ds  # level pixels per output pixel
+        if scale > READ_BLOCK:
+            width, height = self.level_dimensions[level]
+            raise SlideReadError(
+                f"{self.path}: cannot read it at a downsample of {downsample:.4g} in bounded "
+                f"memory: its coarsest usable level ({level}, {width} x {height} px) needs "
+                f"{scale:.0f} x {scale:.0f} px per output pixel. Add a pyramid to the file "
+                "(e.g. vips tiffsave --tile --pyramid)."
+            )
+        step_x = max(1, math.floor(READ_BLOCK / scale))  # output pixels per block side
+        step_y = min(step_x, max(1, band_height))
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        for top in range(0, out_h, band_height):
-            rows = min(band_height, out_h - top)
+        for top in range(0, out_h, step_y):
+            rows = min(step_y, out_h - top)
             src_top = round(top * scale)
             src_bottom = max(src_top + 1, round((top + rows) * scale))
-            src_w = max(1, round(out_w * scale))
-            band = self.read_region(
-                (0, round(src_top * level_ds)), level, (src_w, src_bottom - src_top)
-            )
-            if band.shape[:2] != (rows, out_w):
-                band = np.asarray(Image.fromarray(band).resize((out_w, rows), Image.Resampling.BOX))
-            out[top : top + rows] = band
+            for left in range(0, out_w, step_x):
+                cols = min(step_x, out_w - left)
+                src_left = round(left * scale)
+                src_right = max(src_left + 1, round((left + cols) * scale))
+                block = self.read_region(
+                    (round(src_left * level_ds), round(src_top * level_ds)),
+                    level,
+                    (src_right - src_left, src_bottom - src_top),
+                )
+                if block.shape[:2] != (rows, cols):
+                    resized = Image.fromarray(block).resize((cols, rows), Image.Resampling.BOX)
+                    block = np.asarray(resized)
+                out[top : top + rows, left : left + cols] = block
         return out
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
@@ -197,7 +222,7 @@ def open_slide(path: str | Path, mpp: float | None = None, backend: str | None =
             continue
         try:
             return Slide(reader, resolve_mpp(reader.metadata_mpp, mpp, path))
-        except (SlideError, ValueError):
+        except BaseException:
             reader.close()
             raise
     raise UnsupportedSlideError(

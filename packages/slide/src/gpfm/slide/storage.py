@@ -23,9 +23,13 @@ damaged or foreign file with ``CoordsFileError`` naming the file and the field.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import re
+import socket
 import tempfile
+import zlib
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,6 +55,13 @@ _H5_ERRORS = (OSError, KeyError, TypeError, ValueError, RuntimeError, AttributeE
 _UNREADABLE = object()
 _REQUIRED = object()
 
+logger = logging.getLogger(__name__)
+
+# A temporary's name: ".{target}.{host}-{pid}.{random}.tmp", so a later run can tell whether
+# the process that made it still exists.
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.\w+\.tmp")
+_swept: set[tuple[int, Path]] = set()
+
 
 def package_version() -> str:
     try:
@@ -65,10 +76,17 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
 
     An interrupted write never leaves a half file under the final name. ``durable=True`` also
     fsyncs the file before the rename and the folder after it (worth it for large outputs).
+    The temporary is named ``.{name}.{host}-{pid}.{random}.tmp``; the first write of a process
+    into a folder removes the temporaries there whose writer was killed (``remove_stale``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if (os.getpid(), path.parent) not in _swept:
+        remove_stale(path.parent)
+        _swept.add((os.getpid(), path.parent))
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(handle)
     try:
         yield Path(temporary)
@@ -82,6 +100,47 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     if durable:
         with contextlib.suppress(OSError):  # folders cannot be fsynced everywhere
             _fsync(path.parent)
+
+
+def remove_stale(folder: str | Path) -> list[Path]:
+    """Delete the temporaries of ``atomic_path`` in ``folder`` whose writer no longer runs.
+
+    A writer killed mid-write (SIGKILL, power loss) leaves its temporary behind. Only those made
+    on this host by a process that has exited are removed; a live writer's (another run's, or
+    this process's) are kept. Does nothing off POSIX. Returns the removed paths.
+    """
+    if os.name != "posix":
+        return []
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match is None or match["host"] != _host_tag() or _running(int(match["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+                logger.info("removed %s, left by a killed write", entry.path)
+    return removed
+
+
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    with contextlib.suppress(OSError, IndexError):  # an unreaped zombie has exited
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    return True
 
 
 def _fsync(path: str | Path) -> None:
@@ -520,5 +579,6 @@ __all__ = [
     "coords_attributes",
     "custom_downsample",
     "read_coords",
+    "remove_stale",
     "write_coords",
 ]

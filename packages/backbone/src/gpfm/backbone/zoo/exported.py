@@ -77,6 +77,7 @@ _VIT_KEYS = frozenset(
         "ffn_bias",
         "norm_eps",
         "dynamic_img_size",
+        "pos_embed_rule",
     }
 )
 
@@ -101,6 +102,7 @@ def vit_config(model: VisionTransformer) -> dict[str, Any]:
         "ffn_bias": block.mlp.fc1.bias is not None,
         "norm_eps": model.norm.eps,
         "dynamic_img_size": model.dynamic_img_size,
+        "pos_embed_rule": model.pos_embed_rule,
     }
 
 

@@ -51,12 +51,14 @@ def vit_tokens(model: nn.Module, batch: Tensor) -> Tokens:
 def convert_dinov2_style(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
     """GPFM's release, DINOv2's hub files, timm's DINOv2 ports or ours -> our ViT's names.
 
-    Position embeddings trained on another grid are resampled (bicubic) to the model's.
+    Position embeddings trained on another grid are resampled (bicubic) to the model's, by
+    the model's rule (DINOv2's ``scale_factor`` rule for our ViT).
     """
     state = convert_checkpoint(checkpoint)
     grid = getattr(model, "grid_size", None)
     if isinstance(grid, int) and "pos_embed" in state:
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid)
+        rule = getattr(model, "pos_embed_rule", "dinov2")
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, rule)
     return state
 
 

@@ -135,7 +135,7 @@ def convert_phikon_v2(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[s
     if isinstance(grid, int) and "pos_embed" in state:
         if state["pos_embed"].shape[1] != 1 + grid**2:
             logger.info("resampling Phikon-v2 position embeddings to a %d x %d grid", grid, grid)
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid)
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, rule="size")
     return state
 
 
@@ -153,6 +153,11 @@ def convert_phikon_v2(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[s
     description="Phikon-v2 (Filiot et al. 2024): ViT-L/16 DINOv2 on 460 M public tiles",
 )
 def phikon_v2(**overrides: Any) -> VisionTransformer:
-    """Phikon-v2's ``Dinov2Model`` on our ViT-L/16 (224 px, LayerScale, no registers)."""
+    """Phikon-v2's ``Dinov2Model`` on our ViT-L/16 (224 px, LayerScale, no registers).
+
+    Position embeddings are resized as transformers' ``Dinov2Model`` does (``size=``), not by
+    DINOv2's original rule, so that outputs equal the published model's at every input size.
+    """
     options = {"img_size": 224, "init_values": 1e-5, "num_register_tokens": 0}
+    options["pos_embed_rule"] = "size"  # transformers' Dinov2Model rule
     return create_vit("vit_large_patch16", **{**options, **overrides})

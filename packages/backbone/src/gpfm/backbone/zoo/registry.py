@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gpfm.backbone.checkpoint import CheckpointError, read_checkpoint, unwrap
+from gpfm.backbone.errors import BackboneError
 from gpfm.backbone.weights import EXPORT_CONFIG, WeightsError, WeightsFile, resolve_weights
 from gpfm.backbone.zoo.encoder import EmbedFn, Encoder, TokensFn, model_tokens
 from gpfm.backbone.zoo.preprocessing import Preprocessing
@@ -47,7 +48,7 @@ Factory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Factory)
 
 
-class UnknownEncoderError(LookupError):
+class UnknownEncoderError(BackboneError, LookupError):
     """A name that is neither a registered encoder nor an exported encoder folder."""
 
 

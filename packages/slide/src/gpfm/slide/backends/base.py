@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+import tifffile
 from PIL import Image
+
+from gpfm.slide.errors import SlideError, UnsupportedSlideError
 
 Size = tuple[int, int]
 """(width, height) in pixels."""
+
+MAX_PIXELS_PER_BYTE = 2**20
+"""A file must hold at least one byte per this many level-0 pixels its header claims.
+
+Real slides hold about one byte per 10-1,000 pixels (JPEG of glass, or sparse tiles whose
+offsets alone cost 8 bytes each); a header claiming a million times more than that is a lie that
+would send low-resolution reads through ~10^12 pixels of nothing.
+"""
+
+VIRTUAL_BLOCK_PIXELS = 2**24
+"""Level-0 pixels decoded at a time when reading a virtual (area-averaged) level (48 MiB RGB)."""
+
+MAX_VIRTUAL_DOWNSAMPLE = 1024
+"""The coarsest virtual level (one output pixel from 1024 x 1024 level-0 pixels)."""
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 @runtime_checkable
@@ -69,9 +89,15 @@ def to_rgb_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def virtual_pyramid(width: int, height: int, factor: int = 4, min_size: int = 512) -> list[int]:
-    """Integer downsamples 1, factor, factor², … while the level's long side stays >= min_size."""
+    """Integer downsamples 1, factor, factor², … while the level's long side stays >= min_size.
+
+    Capped at ``MAX_VIRTUAL_DOWNSAMPLE`` so one pixel of any level comes from a bounded area.
+    """
     downsamples = [1]
-    while max(width, height) / (downsamples[-1] * factor) >= min_size:
+    while (
+        max(width, height) / (downsamples[-1] * factor) >= min_size
+        and downsamples[-1] * factor <= MAX_VIRTUAL_DOWNSAMPLE
+    ):
         downsamples.append(downsamples[-1] * factor)
     return downsamples
 
@@ -91,10 +117,97 @@ def read_virtual_level(
     ``read_level0(x, y, width, height)`` returns level-0 RGB with white outside the image.
     """
     width, height = size
+    x, y = location
     if downsample == 1:
-        return read_level0(location[0], location[1], width, height)
-    level0 = read_level0(location[0], location[1], width * downsample, height * downsample)
-    return np.asarray(Image.fromarray(level0).reduce(downsample))
+        return read_level0(x, y, width, height)
+    # In blocks aligned to whole output pixels, so memory stays bounded and the result is the
+    # same as reducing the whole region at once.
+    side = max(1, math.isqrt(VIRTUAL_BLOCK_PIXELS) // downsample)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, side):
+        rows = min(side, height - top)
+        for left in range(0, width, side):
+            cols = min(side, width - left)
+            level0 = read_level0(
+                x + left * downsample, y + top * downsample, cols * downsample, rows * downsample
+            )
+            reduced = Image.fromarray(level0).reduce(downsample)
+            out[top : top + rows, left : left + cols] = np.asarray(reduced)
+    return out
+
+
+def is_tiff(path: Path) -> bool:
+    """True when the file starts with a TIFF or BigTIFF signature (SVS, NDPI, OME-TIFF, ...)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def check_backed_by_file(path: Path, size: Size) -> None:
+    """Refuse a header whose level-0 size (width, height) the file is far too small to hold.
+
+    Raises:
+        UnsupportedSlideError: fewer than one byte of file per ``MAX_PIXELS_PER_BYTE`` pixels.
+    """
+    width, height = size
+    file_bytes = path.stat().st_size
+    if width <= 0 or height <= 0 or width * height > MAX_PIXELS_PER_BYTE * max(1, file_bytes):
+        raise UnsupportedSlideError(
+            f"{path}: its header claims an image of {width} x {height} px, but the file holds "
+            f"only {file_bytes} bytes: it is damaged or not a slide. Re-export or re-scan it."
+        )
+
+
+def check_tiff_extents(path: Path, tiff: tifffile.TiffFile | None = None) -> None:
+    """Refuse a TIFF whose tiles or strips lie (partly) beyond the end of the file.
+
+    A truncated file, or a damaged byte count, would otherwise make a reader allocate and read
+    whatever size the file claims (OpenSlide aborts the process when that allocation fails).
+    Files tifffile cannot parse are left to the caller's own reader.
+
+    Raises:
+        UnsupportedSlideError: naming the file, the page and the segment.
+    """
+    file_bytes = path.stat().st_size
+    try:
+        opened = tiff or tifffile.TiffFile(path)
+    except Exception:
+        return
+    try:
+        for number, page in enumerate(opened.pages):
+            offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64)
+            counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64)
+            if offsets.shape != counts.shape:
+                beyond = np.arange(1)
+            else:
+                beyond = np.flatnonzero(offsets + counts > file_bytes)
+            if beyond.size:
+                raise UnsupportedSlideError(
+                    f"{path}: image {number} stores segment {int(beyond[0])} beyond the end of "
+                    f"the file ({file_bytes} bytes): it is truncated or damaged. Copy it again "
+                    "or re-export it."
+                )
+    finally:
+        if tiff is None:
+            opened.close()
+
+
+@contextlib.contextmanager
+def closed_on_error(path: Path, close: Callable[[], object], what: str) -> Iterator[None]:
+    """Close a half-opened file if the block fails; turn unexpected errors into typed ones.
+
+    A damaged header can make a format library raise anything (ValueError, IndexError, ...);
+    the caller gets ``UnsupportedSlideError`` naming the file, and no handle is left open.
+    """
+    try:
+        yield
+    except BaseException as error:
+        close()
+        if isinstance(error, SlideError) or not isinstance(error, Exception):
+            raise
+        raise UnsupportedSlideError(f"{path}: {what}: {error!r}") from error
 
 
 def paste_clipped(

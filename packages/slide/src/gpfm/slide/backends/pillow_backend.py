@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gpfm.slide.backends.base import (
     Size,
+    check_backed_by_file,
     level_size,
     paste_clipped,
     read_virtual_level,
@@ -17,10 +18,13 @@ from gpfm.slide.backends.base import (
     virtual_pyramid,
 )
 from gpfm.slide.errors import SlideReadError, UnsupportedSlideError
-from gpfm.slide.resolution import first_mpp
+from gpfm.slide.resolution import first_mpp, parse_number
 
 # Pillow's default for a huge image is a decompression-bomb error; slides are legitimately large.
 Image.MAX_IMAGE_PIXELS = None
+
+MAX_PIXELS = 2**28
+"""The largest PNG or JPEG held in memory (16,384² px, 768 MiB as RGB); larger: a pyramidal TIFF."""
 
 
 class PillowReader:
@@ -33,11 +37,18 @@ class PillowReader:
         try:
             with Image.open(self.path) as opened:
                 image: Image.Image = opened
+                check_backed_by_file(self.path, image.size)
+                if image.size[0] * image.size[1] > MAX_PIXELS:
+                    raise UnsupportedSlideError(
+                        f"{self.path}: {image.size[0]} x {image.size[1]} px is too large to hold "
+                        f"in memory as a plain image (limit {MAX_PIXELS} px); convert it to a "
+                        "tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)."
+                    )
                 info = dict(image.info)
                 if image.mode not in ("RGB", "RGBA", "L", "LA"):
                     image = image.convert("RGBA" if "transparency" in info else "RGB")
                 pixels = np.asarray(image)
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as error:
             raise UnsupportedSlideError(f"{self.path}: not a readable image: {error}") from error
         self._pixels = to_rgb_uint8(pixels)
         height, width = self._pixels.shape[:2]
@@ -50,7 +61,8 @@ class PillowReader:
             str(k): str(v) for k, v in info.items() if k != "icc_profile"
         }
         dpi = info.get("dpi")
-        mpp = 25_400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+        dots_per_inch = parse_number(dpi[0]) if isinstance(dpi, tuple) and dpi else None
+        mpp = 25_400.0 / dots_per_inch if dots_per_inch and dots_per_inch > 0 else None
         self.metadata_mpp = first_mpp({"image dpi": mpp}, self.path)
 
     def native_tile_size(self, level: int) -> Size | None:

@@ -19,6 +19,9 @@ import tifffile
 
 from gpfm.slide.backends.base import (
     Size,
+    check_backed_by_file,
+    check_tiff_extents,
+    closed_on_error,
     level_size,
     paste_clipped,
     read_virtual_level,
@@ -27,21 +30,25 @@ from gpfm.slide.backends.base import (
 )
 from gpfm.slide.errors import SlideReadError, UnsupportedSlideError
 from gpfm.slide.resolution import (
+    aperio_mpp_text,
     first_mpp,
-    mpp_from_aperio_description,
     mpp_from_physical_size,
     mpp_from_resolution_tag,
+    parse_number,
 )
 
 logger = logging.getLogger(__name__)
 
 _CACHE_BYTES = 256 * 2**20
+_MAX_SEGMENT_BYTES = 256 * 2**20  # a strip or tile decoded larger than this is refused
 
 
 class _PageReader:
     """Decodes the segments (strips or tiles) of one TIFF page that cover a region."""
 
-    def __init__(self, tiff: tifffile.TiffFile, page: Any, lock: threading.Lock) -> None:
+    def __init__(
+        self, path: Path, tiff: tifffile.TiffFile, page: Any, lock: threading.Lock
+    ) -> None:
         self._tiff = tiff
         self._page = page
         self._lock = lock
@@ -53,6 +60,13 @@ class _PageReader:
             self.segment_size = (
                 self.width,
                 int(min(page.rowsperstrip or self.height, self.height)),
+            )
+        seg_w, seg_h = self.segment_size
+        if not (seg_w > 0 and seg_h > 0 and seg_w * seg_h * 4 <= _MAX_SEGMENT_BYTES):
+            raise UnsupportedSlideError(
+                f"{path}: it stores its pixels in strips or tiles of "
+                f"{seg_w} x {seg_h} px, too large to decode in bounded memory; re-save it "
+                "tiled (e.g. 256 x 256 px tiles)."
             )
         self._grid_width = math.ceil(self.width / self.segment_size[0])
         self._per_plane = self._grid_width * math.ceil(self.height / self.segment_size[1])
@@ -114,20 +128,27 @@ class TiffFileReader:
         self.path = Path(path)
         try:
             self._tiff = tifffile.TiffFile(self.path)
-            series = self._tiff.series[0]
         except Exception as error:
             raise UnsupportedSlideError(
                 f"{self.path}: not a readable TIFF file: {error}"
             ) from error
+        with closed_on_error(self.path, self._tiff.close, "not a readable TIFF file"):
+            self._open_levels()
+
+    def _open_levels(self) -> None:
+        series = self._tiff.series[0]
         self._lock = threading.Lock()
         self.properties: dict[str, str] = {}
         stored_levels = [level.keyframe for level in series.levels]
-        self._pages = [_PageReader(self._tiff, page, self._lock) for page in stored_levels]
+        self._pages = [
+            _PageReader(self.path, self._tiff, page, self._lock) for page in stored_levels
+        ]
         base = self._pages[0]
+        check_backed_by_file(self.path, (base.width, base.height))
+        check_tiff_extents(self.path, self._tiff)
         try:
             base.segment(0, 0)
         except Exception as error:
-            self._tiff.close()
             raise UnsupportedSlideError(
                 f"{self.path}: tifffile cannot decode its pixel data "
                 f"(compression {stored_levels[0].compression!r}): {error}"
@@ -148,22 +169,14 @@ class TiffFileReader:
         self.metadata_mpp = self._metadata_mpp(stored_levels[0])
 
     def _metadata_mpp(self, page: Any) -> float | None:
-        candidates: dict[str, float | None] = {}
+        candidates: dict[str, float | str | None] = {}
         if self._tiff.is_ome and self._tiff.ome_metadata:
             candidates["OME PhysicalSizeX"] = _ome_mpp(self._tiff.ome_metadata)
         description = page.description or ""
         if description:
             self.properties["tiff.ImageDescription"] = description
-            candidates["Aperio MPP"] = mpp_from_aperio_description(description)
-        x_resolution = page.tags.get("XResolution")
-        unit = page.tags.get("ResolutionUnit")
-        if x_resolution is not None and unit is not None:
-            numerator, denominator = x_resolution.value
-            unit_name = {2: "inch", 3: "centimeter"}.get(int(unit.value))
-            if denominator and unit_name:
-                candidates["TIFF XResolution"] = mpp_from_resolution_tag(
-                    numerator / denominator, unit_name
-                )
+            candidates["Aperio MPP"] = aperio_mpp_text(description)
+        candidates["TIFF XResolution"] = _resolution_tag_mpp(page)
         return first_mpp(candidates, self.path)
 
     def native_tile_size(self, level: int) -> Size | None:
@@ -188,6 +201,22 @@ class TiffFileReader:
         self._tiff.close()
 
 
+def _resolution_tag_mpp(page: Any) -> float | None:
+    """µm/px from a page's XResolution and ResolutionUnit tags; None if absent or malformed."""
+    x_resolution = page.tags.get("XResolution")
+    unit = page.tags.get("ResolutionUnit")
+    if x_resolution is None or unit is None:
+        return None
+    value, unit_code = x_resolution.value, unit.value
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(unit_code, int)):
+        return None
+    numerator, denominator = value
+    unit_name = {2: "inch", 3: "centimeter"}.get(unit_code)
+    if not denominator or unit_name is None:
+        return None
+    return mpp_from_resolution_tag(numerator / denominator, unit_name)
+
+
 def _ome_mpp(ome_xml: str) -> float | None:
     try:
         root = ElementTree.fromstring(ome_xml)
@@ -195,7 +224,7 @@ def _ome_mpp(ome_xml: str) -> float | None:
         return None
     for element in root.iter():
         if element.tag.endswith("}Pixels") or element.tag == "Pixels":
-            size = element.get("PhysicalSizeX")
+            size = parse_number(element.get("PhysicalSizeX"))
             if size is not None:
-                return mpp_from_physical_size(float(size), element.get("PhysicalSizeXUnit"))
+                return mpp_from_physical_size(size, element.get("PhysicalSizeXUnit"))
     return None
