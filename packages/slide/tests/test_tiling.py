@@ -121,3 +121,14 @@ def test_cmu_slide_tiles_hold_tissue_only(shared_slides):
 def test_bad_tiling_arguments_are_rejected(synthetic, argument, value):
     with open_slide(synthetic.path) as slide, pytest.raises(ValueError, match=argument):
         tile(slide, **{argument: value})
+
+
+def test_native_level_tiles_take_the_nearest_level_and_its_true_resolution(synthetic):
+    # The synthetic slide: 0.5 µm/px, levels downsampled 1 and 4 (0.5 and 2.0 µm/px).
+    with open_slide(synthetic.path) as slide:
+        assert [round(d) for d in slide.level_downsamples] == [1, 4]
+        coarse = tile(slide, mpp=1.5, patch_size=128, min_tissue=0, native_level=True)
+        tie = tile(slide, mpp=1.0, patch_size=128, min_tissue=0, native_level=True)
+    assert coarse.level == 1 and coarse.mpp == pytest.approx(2.0)
+    assert coarse.patch_size_level0 == 512 and coarse.read_size == coarse.patch_size == 128
+    assert tie.level == 0 and tie.mpp == 0.5 and tie.read_size == 128  # ties go to the finer

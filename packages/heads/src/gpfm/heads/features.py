@@ -2,17 +2,23 @@
 
 Dataset ``features`` (N, D) with one row per tile, dataset ``coords`` (N, 2) int64 of the tiles'
 top-left (x, y) in level-0 pixels, and file attributes ``encoder``, ``embed_dim``,
-``weights_sha256``, ``mpp`` (µm/px the tiles were read at), ``patch_size`` (px given to the
-encoder), ``gpfm_version`` and ``format_version``. Attributes of the coordinates file (such as
-``patch_size_level0``) may ride along on the ``coords`` dataset, where CLAM and TRIDENT look.
+``weights_sha256`` (the string ``"none"`` when unknown), ``mpp`` (µm/px the tiles were read at),
+``patch_size`` (px given to the encoder), ``gpfm_version`` and ``format_version``.
+
+The ``coords`` dataset carries the attributes of the coordinates file, above all
+``patch_size_level0`` (a tile's side in level-0 pixels): TRIDENT's slide encoders
+(``trident/slide_encoder_models/load.py``) and Patho-Bench's ``PatchEmbeddingsDataset`` read it
+there, as ``dict(f["coords"].attrs)``. ``export_clam`` writes CLAM's ``pt_files/<slide_id>.pt``
+layout for its MIL training scripts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,6 +30,7 @@ import numpy as np
 from gpfm.heads.errors import FeatureFileError, InvalidInputError
 
 FEATURES_FORMAT_VERSION = 1
+UNKNOWN = "none"  # stored for an unknown ``weights_sha256`` and any None attribute
 
 
 def package_version() -> str:
@@ -88,7 +95,8 @@ def write_features(
     encoder: str,
     mpp: float | None = None,
     patch_size: int | None = None,
-    weights_sha256: str = "",
+    weights_sha256: str | None = None,
+    patch_size_level0: int | None = None,
     coords_attrs: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -101,13 +109,19 @@ def write_features(
         encoder: encoder name recorded in the ``encoder`` attribute.
         mpp: µm/px at which the tiles were read (stored as NaN when None).
         patch_size: tile side in pixels as given to the encoder (stored as -1 when None).
-        weights_sha256: checksum of the encoder weights, for provenance.
-        coords_attrs: attributes stored on the ``coords`` dataset (CLAM/TRIDENT readers look
-            there, e.g. ``patch_size_level0``, ``patch_level``).
+        weights_sha256: checksum of the encoder weights, for provenance; None or "" is stored
+            as the string ``"none"`` (HDF5 attributes cannot hold None).
+        patch_size_level0: a tile's side in level-0 pixels, stored on the ``coords`` dataset
+            where TRIDENT's slide encoders and Patho-Bench read it (they need it).
+        coords_attrs: further attributes of the ``coords`` dataset, typically all those of the
+            coordinates file (``gpfm.slide.storage.coords_attributes(tiles)``).
         attrs: further file attributes.
 
+    None values in ``coords_attrs`` and ``attrs`` are stored as ``"none"`` too.
+
     Raises:
-        InvalidInputError: shapes of ``features`` and ``coords`` do not match.
+        InvalidInputError: shapes of ``features`` and ``coords`` do not match, or
+            ``patch_size_level0`` disagrees with the one in ``coords_attrs``.
     """
     features = np.asarray(features)
     coords = np.asarray(coords)
@@ -121,24 +135,68 @@ def write_features(
             f"{path}: coords must have shape (N, 2) = ({features.shape[0]}, 2) to match the "
             f"features, got {coords.shape}"
         )
+    tile_attrs = _storable(coords_attrs)
+    if patch_size_level0 is not None:
+        recorded = tile_attrs.get("patch_size_level0")
+        if recorded is not None and int(recorded) != int(patch_size_level0):
+            raise InvalidInputError(
+                f"{path}: patch_size_level0={patch_size_level0} but coords_attrs has "
+                f"{recorded}; pass one of them"
+            )
+        tile_attrs["patch_size_level0"] = int(patch_size_level0)
     path = Path(path)
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as h5:
         h5.create_dataset("features", data=features)
         coords_dataset = h5.create_dataset("coords", data=coords.astype(np.int64))
-        coords_dataset.attrs.update(dict(coords_attrs or {}))
+        coords_dataset.attrs.update(tile_attrs)
         h5.attrs.update(
             {
                 "encoder": encoder,
                 "embed_dim": int(features.shape[1]),
-                "weights_sha256": weights_sha256,
+                "weights_sha256": weights_sha256 or UNKNOWN,
                 "mpp": float("nan") if mpp is None else float(mpp),
                 "patch_size": -1 if patch_size is None else int(patch_size),
                 "gpfm_version": package_version(),
                 "format_version": FEATURES_FORMAT_VERSION,
-                **dict(attrs or {}),
+                **_storable(attrs),
             }
         )
     return path
+
+
+def _storable(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    # h5py turns None into an object-dtype array it cannot store.
+    return {key: UNKNOWN if value is None else value for key, value in (attrs or {}).items()}
+
+
+def export_clam(
+    feature_files: Iterable[str | Path], folder: str | Path, *, h5_files: bool = False
+) -> list[Path]:
+    """Export feature files to CLAM's layout: ``<folder>/pt_files/<slide_id>.pt``.
+
+    Each ``.pt`` holds the (N, D) float32 ``torch.Tensor`` of one slide's features, as CLAM's
+    ``extract_features_fp.py`` saves it and its ``Generic_MIL_Dataset`` loads it (the slide id
+    is the feature file's name without ``.h5``). With ``h5_files=True`` each feature file is
+    also copied to ``<folder>/h5_files/<slide_id>.h5`` (it already has the ``features`` and
+    ``coords`` datasets CLAM reads there). Writes are atomic.
+
+    Returns:
+        The ``.pt`` paths, in the order of ``feature_files``.
+    """
+    import torch
+
+    folder = Path(folder)
+    written = []
+    for source in map(Path, feature_files):
+        features = read_bag(source)  # float32, checked
+        target = folder / "pt_files" / f"{source.stem}.pt"
+        with atomic_path(target) as temporary:
+            torch.save(torch.from_numpy(features), temporary)
+        if h5_files:
+            with atomic_path(folder / "h5_files" / f"{source.stem}.h5") as temporary:
+                shutil.copyfile(source, temporary)
+        written.append(target)
+    return written
 
 
 def _features_dataset(h5: h5py.File, path: Path) -> h5py.Dataset:
@@ -237,4 +295,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["FeatureFile", "bag_shape", "read_bag", "read_features", "write_features"]
+__all__ = [
+    "FeatureFile",
+    "bag_shape",
+    "export_clam",
+    "read_bag",
+    "read_features",
+    "write_features",
+]

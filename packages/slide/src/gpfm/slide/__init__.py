@@ -11,6 +11,7 @@ MultiSlidePatchDataset("coords/", per_slide=64) # a seeded sample of tiles from 
 
 from gpfm.slide.backends import SlideReader
 from gpfm.slide.errors import (
+    CoordsFileError,
     MissingResolutionError,
     SlideError,
     SlideReadError,
@@ -35,6 +36,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CoordsFileError",
     "MissingResolutionError",
     "MultiSlidePatchDataset",
     "PatchDataset",

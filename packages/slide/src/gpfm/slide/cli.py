@@ -2,7 +2,7 @@
 
     gpfm-slide info SLIDE...
     gpfm-slide tile SLIDE... --out DIR [--mpp 0.5] [--patch-size 224] [--overlap 0]
-                             [--min-tissue 0.5] [--slide-mpp MPP] [--force]
+                             [--min-tissue 0.5] [--slide-mpp MPP] [--native-level] [--force]
 
 ``tile`` writes, per slide, ``coords/<id>.h5``, ``tissue/<id>.geojson`` and ``qc/<id>.png``, and
 appends one JSON line per slide to ``manifest.jsonl`` (status done, failed or skipped). A second
@@ -87,6 +87,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "slide_mpp": args.slide_mpp,
         "tissue_mpp": args.tissue_mpp,
         "backend": args.backend,
+        # Only when set, so that runs made before the option existed still count as done.
+        **({"native_level": True} if args.native_level else {}),
     }
 
 
@@ -121,6 +123,7 @@ def _tile_one(path: Path, out: Path, identifier: str, args: argparse.Namespace) 
             overlap=args.overlap,
             min_tissue=args.min_tissue,
             tissue=tissue,
+            native_level=args.native_level,
         )
         timings["tile_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -217,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--overlap", type=float, default=0.0, help="fraction of the tile shared")
     tiles.add_argument("--min-tissue", type=float, default=0.5, help="tissue fraction to keep")
     tiles.add_argument("--tissue-mpp", type=float, default=8.0, help="tissue mask µm/px")
+    tiles.add_argument(
+        "--native-level",
+        action="store_true",
+        help="tile the pyramid level nearest to --mpp without resizing, recording its true "
+        "µm/px (coordinates files CLAM reads exactly)",
+    )
     tiles.add_argument("--force", action="store_true", help="redo slides already done")
     tiles.set_defaults(run=_tile)
     return parser

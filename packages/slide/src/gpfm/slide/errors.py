@@ -17,3 +17,7 @@ class MissingResolutionError(SlideError):
 
 class SlideReadError(SlideError):
     """Pixel data of an opened slide failed to decode."""
+
+
+class CoordsFileError(SlideError):
+    """A coordinates file is missing or damaged, or a field has the wrong shape, type or value."""

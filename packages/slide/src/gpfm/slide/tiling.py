@@ -108,6 +108,7 @@ def tile(
     overlap: float = 0.0,
     min_tissue: float = 0.5,
     tissue: TissueMask | None = None,
+    native_level: bool = False,
 ) -> Tiles:
     """Tile a slide at a physical resolution, keeping tiles with enough tissue.
 
@@ -119,6 +120,9 @@ def tile(
         min_tissue: keep tiles whose tissue fraction is at least this (0 keeps every tile).
         tissue: a precomputed tissue mask; segmented with default settings when omitted and
             ``min_tissue`` > 0.
+        native_level: read the tiles without resizing from the pyramid level nearest to
+            ``mpp`` and record that level's true resolution (``slide.mpp`` x its downsample)
+            as the tiles' ``mpp``. Readers that cannot resize (CLAM) then read them exactly.
     """
     if mpp <= 0 or not math.isfinite(mpp):
         raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
@@ -129,6 +133,18 @@ def tile(
     if not 0.0 <= min_tissue <= 1.0:
         raise ValueError(f"min_tissue is a fraction in [0, 1], got {min_tissue!r}")
     downsample = mpp / slide.mpp
+    if native_level:
+        level = nearest_level(slide, downsample)
+        downsample = float(slide.level_downsamples[level])
+        if not math.isclose(slide.mpp * downsample, mpp, rel_tol=1e-3):
+            logger.info(
+                "%s: tiling at native level %d, %.4g µm/px (asked for %.4g µm/px)",
+                slide.path,
+                level,
+                slide.mpp * downsample,
+                mpp,
+            )
+        mpp = slide.mpp * downsample
     if downsample < 1.0:
         logger.warning(
             "%s: tiles at %.3g µm/px are finer than the scan (%.3g µm/px); they will be upsampled",
@@ -146,7 +162,8 @@ def tile(
     else:
         fractions = np.ones(len(coords), dtype=np.float32)
     keep = fractions >= min_tissue if min_tissue > 0 else np.ones(len(coords), dtype=bool)
-    level = slide.best_level_for_downsample(downsample)
+    if not native_level:
+        level = slide.best_level_for_downsample(downsample)
     tiles = Tiles(
         coords=coords[keep],
         tissue_fraction=fractions[keep],
@@ -165,4 +182,10 @@ def tile(
     return tiles
 
 
-__all__ = ["Tiles", "grid_coords", "tile", "tissue_fractions"]
+def nearest_level(slide: Slide, downsample: float) -> int:
+    """The pyramid level whose downsample is nearest to ``downsample`` (in ratio; ties: finer)."""
+    distances = [abs(math.log(d / downsample)) for d in slide.level_downsamples]
+    return min(range(len(distances)), key=lambda level: (round(distances[level], 9), level))
+
+
+__all__ = ["Tiles", "grid_coords", "nearest_level", "tile", "tissue_fractions"]

@@ -48,26 +48,40 @@ class TissueMask:
         """Tissue area in mm²."""
         return float(self.mask.sum()) * (self.mpp / 1000.0) ** 2
 
-    def to_geojson(self, name: str = "Tissue") -> dict[str, Any]:
-        """Tissue outlines as a GeoJSON FeatureCollection in level-0 pixels (opens in QuPath).
+    def to_geojson(
+        self, name: str = "Tissue", color: tuple[int, int, int] = (20, 160, 60)
+    ) -> dict[str, Any]:
+        """Tissue outlines as a GeoJSON FeatureCollection in level-0 pixels, for QuPath.
 
-        One Polygon feature per tissue piece, with its holes; exterior rings counter-clockwise,
-        holes clockwise (RFC 7946).
+        One Polygon feature per tissue piece, with its holes, and the properties QuPath reads
+        (``objectType`` "annotation", ``classification`` ``{"name", "color"}``). The geometry
+        is valid per RFC 7946 and OGC simple features: rings closed, with 4 or more positions,
+        simple (no self-intersection), holes inside their exterior and apart from it, exterior
+        rings counter-clockwise and holes clockwise in the (x, y) numbers as written. The
+        coordinates are pixels, not longitude/latitude, as QuPath and other slide viewers
+        expect. Outlines follow the mask's pixel edges to within a quarter mask pixel (mask
+        pixels touching only at a corner are joined by one pixel, so no ring pinches).
+
+        Args:
+            name: the classification QuPath gives the annotations.
+            color: its (r, g, b) colour in QuPath.
         """
-        features = []
-        mask = np.ascontiguousarray(self.mask, dtype=np.uint8)
-        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        features: list[dict[str, Any]] = []
+        rgb = [int(c) for c in color]
+        # At twice the mask's resolution, contours through boundary pixel centres enclose every
+        # piece with area, so thin strips and single pixels still give valid rings.
+        fine = np.repeat(np.repeat(_join_corner_contacts(self.mask), 2, axis=0), 2, axis=1)
+        contours, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         if hierarchy is None:
-            return {"type": "FeatureCollection", "features": []}
+            return {"type": "FeatureCollection", "features": features}
         links = hierarchy[0]  # per contour: next, previous, first child, parent
         for index, contour in enumerate(contours):
-            if links[index][3] != -1 or len(contour) < 3:
+            if links[index][3] != -1:
                 continue
             rings = [self._ring(contour, exterior=True)]
             child = links[index][2]
             while child != -1:
-                if len(contours[child]) >= 3:
-                    rings.append(self._ring(contours[child], exterior=False))
+                rings.append(self._ring(contours[child], exterior=False))
                 child = links[child][0]
             features.append(
                 {
@@ -75,24 +89,47 @@ class TissueMask:
                     "geometry": {"type": "Polygon", "coordinates": rings},
                     "properties": {
                         "objectType": "annotation",
-                        "classification": {"name": name},
+                        "classification": {"name": name, "color": list(rgb)},
                     },
                 }
             )
         return {"type": "FeatureCollection", "features": features}
 
     def _ring(self, contour: np.ndarray, exterior: bool) -> list[list[float]]:
-        # Contour points are mask pixel centres; map them to level-0 pixel coordinates.
-        points = (contour[:, 0, :].astype(np.float64) + 0.5) * self.downsample
-        # In image coordinates (y down) a positive shoelace sum is clockwise on screen; GeoJSON
-        # orientation is defined with y up, which flips it: exterior rings need a negative sum.
+        # Contour points are centres of half-size mask pixels; map them to level-0 pixels.
+        points = (contour[:, 0, :].astype(np.float64) + 0.5) * (self.downsample / 2)
+        # RFC 7946's right-hand rule holds on the numbers as written (x right, y down here):
+        # exterior rings have a positive shoelace sum, holes a negative one.
         x, y = points[:, 0], points[:, 1]
         signed = float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
-        if (signed > 0) == exterior:
+        if (signed > 0) != exterior:
             points = points[::-1]
-        ring = [[round(float(px), 2), round(float(py), 2)] for px, py in points]
+        ring = [[round(float(px), 3), round(float(py), 3)] for px, py in points]
         ring.append(ring[0])
         return ring
+
+
+def _join_corner_contacts(mask: np.ndarray) -> np.ndarray:
+    """The mask as uint8, with one pixel set in every 2 x 2 block of diagonal-only contact.
+
+    Pixels touching only at a corner would make an outline that touches itself there; filling
+    one of the two empty pixels of such a block removes the pinch (repeated until none is left,
+    as filling can make a new one).
+    """
+    out = np.ascontiguousarray(mask, dtype=np.uint8).copy()
+    while out.shape[0] > 1 and out.shape[1] > 1:
+        a, b = out[:-1, :-1], out[:-1, 1:]
+        c, d = out[1:, :-1], out[1:, 1:]
+        # [[1, 0], [0, 1]] fills the top-right pixel; [[0, 1], [1, 0]] the top-left one.
+        falling = (a == 1) & (d == 1) & (b == 0) & (c == 0)
+        rising = (b == 1) & (c == 1) & (a == 0) & (d == 0)
+        if not falling.any() and not rising.any():
+            break
+        rows, cols = np.nonzero(falling)
+        out[rows, cols + 1] = 1
+        rows, cols = np.nonzero(rising)
+        out[rows, cols] = 1
+    return out
 
 
 def segment_tissue(

@@ -45,7 +45,7 @@ from gpfm.slide import (
     segment_tissue,
 )
 from gpfm.slide.cli import main as slide_cli
-from gpfm.slide.storage import atomic_path
+from gpfm.slide.storage import atomic_path, coords_attributes
 
 logger = logging.getLogger("gpfm.apps.demo")
 
@@ -108,7 +108,9 @@ def features_and_probe(
             encoder=encoder.name,
             mpp=tiles.mpp,
             patch_size=tiles.patch_size,
-            weights_sha256=encoder.weights_sha256 or "",
+            weights_sha256=encoder.weights_sha256,
+            # Where TRIDENT's slide encoders and Patho-Bench look for patch_size_level0.
+            coords_attrs=coords_attributes(tiles),
         )
         per_slide.append((features, tile_tumour_labels(synthetic, tiles)))
     # Held-out slides where there are three or more; else a seeded split of the tiles.
