@@ -33,14 +33,20 @@ from gpfm.heads.mil import MILOutput, as_batch
 
 def _xavier_init(module: nn.Module) -> None:
     """The reference's ``initialize_weights``: Xavier-normal linear weights, zero biases,
-    LayerNorm to identity (convolutions keep PyTorch's default)."""
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_normal_(module.weight)
-        if module.bias is not None:
-            module.bias.data.zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.constant_(module.bias, 0)
-        nn.init.constant_(module.weight, 1.0)
+    LayerNorm to identity (convolutions keep PyTorch's default).
+
+    Like the reference, it walks every submodule and is itself passed to ``apply``, so a layer
+    is re-drawn once per ancestor; only the last draw stays, but the random stream, and so
+    the weights for a given seed, are the reference's.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                layer.bias.data.zero_()
+        elif isinstance(layer, nn.LayerNorm):
+            nn.init.constant_(layer.bias, 0)
+            nn.init.constant_(layer.weight, 1.0)
 
 
 class _OneBagAtATime(nn.Module):
