@@ -201,6 +201,13 @@ class ReferenceTransMIL(nn.Module):
         return self.classifier(h)
 
 
+def assert_same_weights(ours: nn.Module, reference: nn.Module) -> None:
+    """The same tensors, position by position (names differ)."""
+    pairs = zip(ours.state_dict().values(), reference.state_dict().values(), strict=True)
+    for mine, theirs in pairs:
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
 def _bag(n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32))
 
@@ -211,10 +218,7 @@ def test_att_mil_equals_reference_and_loads_its_weights_by_position():
     torch.manual_seed(0)  # the same draws in the same order: the same initial weights
     ours = make_mil("att_mil", 24, 3, protocol="gpfm").eval()
     assert isinstance(ours, ABMIL)
-    for mine, theirs in zip(
-        ours.state_dict().values(), reference.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert_same_weights(ours, reference)
     torch.manual_seed(1)
     reference = ReferenceDAttention(24, 3).eval()
     load_reference_state_dict(ours, reference.state_dict())
@@ -236,10 +240,7 @@ def test_mean_and_max_pool_tile_logits_as_the_reference(name, pool, model_class)
     torch.manual_seed(0)
     ours = make_mil(f"{name}_mil", 16, 4, protocol="gpfm").eval()
     assert isinstance(ours, model_class)
-    for mine, theirs in zip(
-        ours.state_dict().values(), reference.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert_same_weights(ours, reference)
     bags = [_bag(n, 16, n) for n in (5, 29)]
     padded = torch.zeros(2, 29, 16)
     mask = torch.zeros(2, 29, dtype=torch.bool)
@@ -258,10 +259,7 @@ def test_ds_mil_equals_reference():
     torch.manual_seed(0)
     ours = make_mil("ds_mil", 32, 3, protocol="gpfm").eval()
     assert isinstance(ours, AveragedDSMIL)
-    for mine, theirs in zip(
-        ours.state_dict().values(), reference.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert_same_weights(ours, reference)
     bag = _bag(41, 32, 3)
     with torch.no_grad():
         torch.testing.assert_close(ours(bag).logits, reference(bag), rtol=0, atol=1e-6)
@@ -274,10 +272,7 @@ def test_trans_mil_equals_reference_with_nystrom_attention(n_tiles):
     torch.manual_seed(0)
     ours = make_mil("trans_mil", 20, 2, protocol="gpfm").eval()
     assert isinstance(ours, NystromTransMIL)
-    for mine, theirs in zip(
-        ours.state_dict().values(), reference.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert_same_weights(ours, reference)
     bag = _bag(n_tiles, 20, n_tiles)
     with torch.no_grad():
         torch.testing.assert_close(ours(bag).logits, reference(bag), rtol=1e-5, atol=1e-5)

@@ -474,7 +474,7 @@ def _gpfm_model(name: str, in_dim: int, n_classes: int, options: dict[str, Any])
     from gpfm.heads import mil_gpfm  # imports this module
 
     if name == "abmil":
-        settings = {"hidden_dim": 512, "attention_dim": 128, "gated": False}
+        settings: dict[str, Any] = {"hidden_dim": 512, "attention_dim": 128, "gated": False}
         settings |= {"attention_dropout": 0.0, "dropout": 0.25}
         return ABMIL(in_dim, n_classes, **(settings | options))
     gpfm_models: dict[str, type[nn.Module]] = {
