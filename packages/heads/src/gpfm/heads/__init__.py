@@ -7,7 +7,8 @@ probe = fit_linear_probe(x_train, y_train, x_val, y_val)   # chosen on validatio
 retrieval_scores(queries, labels, database, labels)        # protocol="gpfm": the paper's Acc@k
 
 The top level holds the names most users call; the rest live in submodules:
-``gpfm.heads.mil`` (and ``.mil_gpfm``), ``.data``, ``.training``, ``.survival``,
+``gpfm.heads.mil`` (and ``.mil_gpfm``), ``.data``, ``.training`` (and ``.train_config``),
+``.survival``,
 ``.concordance``, ``.probes`` (and ``.probes_gpfm``), ``.retrieval``, ``.metrics``, ``.splits``,
 ``.heatmap``, ``.features``. Names that used to be at the top level still import from here.
 """
