@@ -8,9 +8,9 @@ retrieval_scores(queries, labels, database, labels)        # protocol="gpfm": th
 
 The top level holds the names most users call; the rest live in submodules:
 ``gpfm.heads.mil`` (and ``.mil_gpfm``), ``.data``, ``.training`` (and ``.train_config``),
-``.survival``,
-``.concordance``, ``.probes`` (and ``.probes_gpfm``), ``.retrieval``, ``.metrics``, ``.splits``,
-``.heatmap``, ``.features``. Names that used to be at the top level still import from here.
+``.survival``, ``.concordance``, ``.probes`` (and ``.probes_gpfm``), ``.retrieval``,
+``.metrics``, ``.splits``, ``.heatmap``, ``.features``. Names that used to be at the top
+level still import from here.
 """
 
 from __future__ import annotations
