@@ -25,14 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from gpfm.heads import (
-    ABMIL,
-    FeatureBagDataset,
-    TrainConfig,
-    collate_bags,
-    train_mil,
-    write_features,
-)
+from gpfm.heads import ABMIL, FeatureBagDataset, TrainConfig, train_mil, write_features
+from gpfm.heads.data import collate_bags
 
 HIDDEN, ATTENTION = 512, 256  # ABMIL's default layer sizes
 

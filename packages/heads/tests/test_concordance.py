@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 from sksurv.util import Surv
 
-from gpfm.heads import InvalidInputError, c_index, ipcw_c_index
+from gpfm.heads import InvalidInputError, c_index
+from gpfm.heads.concordance import ipcw_c_index
 
 
 def test_c_index_counts_concordant_comparable_pairs_by_hand():

@@ -5,15 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gpfm.heads import (
-    FeatureBagDataset,
-    FeatureFileError,
-    InvalidInputError,
-    balanced_sampler,
-    collate_bags,
-    feature_paths,
-    read_bag,
-)
+from gpfm.heads import FeatureBagDataset, FeatureFileError, InvalidInputError, read_bag
+from gpfm.heads.data import balanced_sampler, collate_bags, feature_paths
 
 
 def test_bags_from_files_equal_bags_from_memory(feature_folder):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpfm.heads import InvalidInputError, attention_to_heatmap, heatmap_to_rgba, write_heatmap_png
+from gpfm.heads import InvalidInputError, attention_to_heatmap, write_heatmap_png
+from gpfm.heads.heatmap import heatmap_to_rgba
 
 
 def test_each_tile_paints_its_own_square_of_the_map():

@@ -4,14 +4,12 @@ from sklearn import metrics as skm
 
 from gpfm.heads import (
     InvalidInputError,
-    accuracy,
     balanced_accuracy,
     bootstrap_ci,
     c_index,
     classification_metrics,
-    macro_auc,
-    macro_f1,
 )
+from gpfm.heads.metrics import accuracy, macro_auc, macro_f1
 
 
 def _predictions(n=200, n_classes=3, seed=0):

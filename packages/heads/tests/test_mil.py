@@ -1,19 +1,9 @@
 import pytest
 import torch
 
-from gpfm.heads import (
-    ABMIL,
-    CLAM_SB,
-    DSMIL,
-    MIL_MODELS,
-    InvalidInputError,
-    MaxMIL,
-    MeanMIL,
-    MILOutput,
-    TransMIL,
-    collate_bags,
-    make_mil,
-)
+from gpfm.heads import ABMIL, InvalidInputError, MILOutput, make_mil
+from gpfm.heads.data import collate_bags
+from gpfm.heads.mil import CLAM_SB, DSMIL, MIL_MODELS, MaxMIL, MeanMIL, TransMIL
 
 SMALL = {
     "abmil": {"hidden_dim": 32, "attention_dim": 16},

@@ -6,7 +6,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
-from gpfm.heads import InvalidInputError, fit_knn_probe, fit_linear_probe, simpleshot
+from gpfm.heads import InvalidInputError, fit_knn_probe, fit_linear_probe
+from gpfm.heads.probes import simpleshot
 
 
 def _roi_features(n, *, dim=32, n_classes=3, noise=1.0, seed=0):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from gpfm.heads import InvalidInputError, nearest_neighbours, retrieval_scores
-from gpfm.heads.retrieval import majority_vote
+from gpfm.heads import InvalidInputError, retrieval_scores
+from gpfm.heads.retrieval import majority_vote, nearest_neighbours
 
 
 def _at_angles(degrees):

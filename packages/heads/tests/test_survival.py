@@ -6,8 +6,8 @@ import torch
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
-from gpfm.heads import (
-    InvalidInputError,
+from gpfm.heads import InvalidInputError
+from gpfm.heads.survival import (
     cox_loss,
     discretize_time,
     nll_survival_loss,

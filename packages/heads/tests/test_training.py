@@ -9,16 +9,15 @@ import torch
 
 from gpfm.heads import (
     ABMIL,
-    MIL_MODELS,
     FeatureBagDataset,
     InvalidInputError,
     TrainConfig,
-    TransMIL,
     make_mil,
     predict,
     read_bag,
     train_mil,
 )
+from gpfm.heads.mil import MIL_MODELS, TransMIL
 from gpfm.heads.training import resolve_mixed_precision
 
 FAST = {"lr": 1e-3, "progress": False}

@@ -179,7 +179,8 @@ def balanced_sampler(
 ) -> WeightedRandomSampler:
     """A sampler that draws every class equally often (with replacement).
 
-    Each bag is drawn with probability proportional to 1 / (bags of its class).
+    Each bag is drawn with probability proportional to 1 / (bags of its class); the weights
+    are N / (bags of its class), CLAM's and GPFM's, so that the draws equal theirs.
 
     Args:
         labels: (N,) class index of each bag.
@@ -190,7 +191,7 @@ def balanced_sampler(
     if labels.ndim != 1 or len(labels) == 0:
         raise InvalidInputError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[inverse]
+    weights = float(len(labels)) / counts[inverse]
     return WeightedRandomSampler(
         weights.tolist(),
         num_samples=num_samples or len(labels),

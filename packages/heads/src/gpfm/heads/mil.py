@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpfm.heads.errors import InvalidInputError
+from gpfm.heads.protocol import EvalProtocol, check_protocol
 
 
 @dataclass
@@ -119,6 +121,12 @@ class ABMIL(nn.Module):
         attention_dim: attention network width (CLAM: 256).
         dropout: dropout after the embedding and inside the attention network.
         gated: gated attention (True) or plain tanh attention.
+        attention_dropout: dropout inside the attention network (default: ``dropout``; the
+            GPFM paper's ``att_mil`` has none).
+
+    ``make_mil("abmil", ..., protocol="gpfm")`` is GPFM's ``att_mil``: hidden_dim 512,
+    attention_dim 128, not gated, attention_dropout 0; its parameters are in the reference's
+    order, so a reference state dict loads by position.
     """
 
     def __init__(
@@ -129,11 +137,17 @@ class ABMIL(nn.Module):
         attention_dim: int = 256,
         dropout: float = 0.25,
         gated: bool = True,
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.in_dim, self.n_classes = in_dim, n_classes
         self.embed = _embedding(in_dim, hidden_dim, dropout)
-        self.attention = GatedAttention(hidden_dim, attention_dim, dropout, gated)
+        self.attention = GatedAttention(
+            hidden_dim,
+            attention_dim,
+            dropout if attention_dropout is None else attention_dropout,
+            gated,
+        )
         self.classifier = nn.Linear(hidden_dim, n_classes)
 
     def forward(
@@ -452,18 +466,54 @@ MIL_MODELS: dict[str, type[nn.Module]] = {
     "mean": MeanMIL,
     "max": MaxMIL,
 }
+_ALIASES = {"att_mil": "abmil", "trans_mil": "transmil", "ds_mil": "dsmil"}
+_ALIASES |= {"mean_mil": "mean", "max_mil": "max"}
 
 
-def make_mil(name: str, in_dim: int, n_classes: int, **options: object) -> nn.Module:
-    """Build a MIL model by name (``abmil``, ``transmil``, ``clam_sb``, ``dsmil``, ``mean``,
-    ``max``) for (N, in_dim) bags and ``n_classes`` outputs; ``options`` go to its constructor."""
-    try:
-        model_class = MIL_MODELS[name.lower()]
-    except KeyError:
+def _gpfm_model(name: str, in_dim: int, n_classes: int, options: dict[str, Any]) -> nn.Module:
+    from gpfm.heads import mil_gpfm  # imports this module
+
+    if name == "abmil":
+        settings: dict[str, Any] = {"hidden_dim": 512, "attention_dim": 128, "gated": False}
+        settings |= {"attention_dropout": 0.0, "dropout": 0.25}
+        return ABMIL(in_dim, n_classes, **(settings | options))
+    gpfm_models: dict[str, type[nn.Module]] = {
+        "transmil": mil_gpfm.NystromTransMIL,
+        "dsmil": mil_gpfm.AveragedDSMIL,
+        "mean": mil_gpfm.InstanceMeanMIL,
+        "max": mil_gpfm.InstanceMaxMIL,
+    }
+    if name not in gpfm_models:
         raise InvalidInputError(
-            f"unknown MIL model {name!r}; choose one of {sorted(MIL_MODELS)}"
-        ) from None
-    return model_class(in_dim, n_classes, **options)
+            f"{name!r} has no exact GPFM variant (GPFM's CLAM_SB trains its instance loss with "
+            "the smooth top-1 SVM of the `topk` package); use protocol='ours'"
+        )
+    return gpfm_models[name](in_dim, n_classes, **options)
+
+
+def make_mil(
+    name: str,
+    in_dim: int,
+    n_classes: int,
+    *,
+    protocol: EvalProtocol = "ours",
+    **options: Any,
+) -> nn.Module:
+    """Build a MIL model by name for (N, in_dim) bags and ``n_classes`` outputs.
+
+    Names: ``abmil``, ``transmil``, ``clam_sb``, ``dsmil``, ``mean``, ``max`` (GPFM's
+    ``att_mil``, ``trans_mil``, ``ds_mil``, ``mean_mil``, ``max_mil`` too). ``protocol="gpfm"``
+    builds the GPFM paper's variant (``gpfm.heads.mil_gpfm``: its layers, initialisation and
+    parameter order); ``options`` go to the constructor.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in MIL_MODELS:
+        raise InvalidInputError(
+            f"unknown MIL model {name!r}; choose one of {sorted([*MIL_MODELS, *_ALIASES])}"
+        )
+    if check_protocol(protocol) == "gpfm":
+        return _gpfm_model(key, in_dim, n_classes, options)
+    return MIL_MODELS[key](in_dim, n_classes, **options)
 
 
 __all__ = [

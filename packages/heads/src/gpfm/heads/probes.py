@@ -2,19 +2,22 @@
 each with its hyperparameter chosen on the validation split, and SimpleShot few-shot episodes.
 
 The fitting functions take training and validation data only; test data reach a fitted probe
-only through ``predict``/``predict_proba``, so test labels cannot steer any choice.
+only through ``predict``/``predict_proba``, so test labels cannot steer any choice. With
+``protocol="gpfm"`` the linear and kNN probes are the GPFM paper's (``gpfm.heads.probes_gpfm``).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
@@ -22,6 +25,8 @@ from tqdm.auto import tqdm
 
 from gpfm.heads.errors import InvalidInputError
 from gpfm.heads.metrics import accuracy, balanced_accuracy, macro_f1
+from gpfm.heads.probes_gpfm import TorchLinearProbe, fit_gpfm_linear_probe, gpfm_knn_votes
+from gpfm.heads.protocol import EvalProtocol, check_protocol
 from gpfm.heads.retrieval import Normalization, nearest_neighbours
 
 logger = logging.getLogger(__name__)
@@ -89,34 +94,49 @@ class LinearProbe:
         return np.asarray(self.model.predict(self._prepare(features)))
 
 
+@overload
 def fit_linear_probe(
     train_features: np.ndarray,
     train_labels: Sequence[int] | np.ndarray,
     val_features: np.ndarray,
     val_labels: Sequence[int] | np.ndarray,
     *,
-    Cs: Sequence[float] = DEFAULT_CS,  # noqa: N803 - scikit-learn's name
-    select_by: SelectBy = "balanced_accuracy",
-    standardize: bool = True,
-    class_weight: Literal["balanced"] | None = None,
-    max_iter: int = 1000,
-    progress: bool = False,
-) -> LinearProbe:
-    """Fit logistic regression on the training split for each C, keep the best on validation.
+    protocol: Literal["ours"] = ...,
+    **options: Any,
+) -> LinearProbe: ...
+@overload
+def fit_linear_probe(
+    train_features: np.ndarray,
+    train_labels: Sequence[int] | np.ndarray,
+    val_features: np.ndarray,
+    val_labels: Sequence[int] | np.ndarray,
+    *,
+    protocol: Literal["gpfm"],
+    **options: Any,
+) -> TorchLinearProbe: ...
+def fit_linear_probe(
+    train_features: np.ndarray,
+    train_labels: Sequence[int] | np.ndarray,
+    val_features: np.ndarray,
+    val_labels: Sequence[int] | np.ndarray,
+    *,
+    protocol: EvalProtocol = "ours",
+    **options: Any,
+) -> LinearProbe | TorchLinearProbe:
+    """Fit a linear probe on the training split, choosing its setting on the validation split.
 
-    C is swept from strong to weak regularisation, each fit warm-started from the previous one;
-    the first C with the best validation score wins (ties favour stronger regularisation). The
-    kept model is the one fitted on the training split with that C.
+    ``protocol="ours"``: logistic regression with C swept on validation
+    (``fit_logistic_probe``; ``options``: ``Cs``, ``select_by``, ``standardize``,
+    ``class_weight``, ``max_iter``, ``tol``, ``progress``). ``protocol="gpfm"``: the paper's
+    ``nn.Linear`` trained with AdamW, the epoch chosen by validation macro-AUC
+    (``gpfm.heads.probes_gpfm.fit_gpfm_linear_probe``; ``options``: ``epochs``, ``batch_size``,
+    ``lr``, ``weight_decay``, ``final_lr``, ``patience``, ``seed``, ``device``, ``progress``).
+    Neither takes test data: call ``predict_proba(x_test)`` on the result.
 
     Args:
-        train_features: (N, D). train_labels: (N,) class labels.
+        train_features: (N, D). train_labels: (N,) class labels (``gpfm``: indices 0..C-1).
         val_features: (M, D). val_labels: (M,).
-        Cs: inverse regularisation strengths to try (default 1e-4 … 1e4, 17 values).
-        select_by: validation criterion.
-        standardize: z-score features with the training split's mean and std first.
-        class_weight: "balanced" weights classes inversely to their frequency.
-        max_iter: L-BFGS iterations per fit.
-        progress: show a progress bar over the sweep.
+        protocol: ``ours`` or ``gpfm``.
     """
     x_train, y_train = _xy(train_features, train_labels, "training split")
     x_val, y_val = _xy(val_features, val_labels, "validation split")
@@ -124,15 +144,61 @@ def fit_linear_probe(
         raise InvalidInputError(f"validation D={x_val.shape[1]} but training D={x_train.shape[1]}")
     if len(np.unique(y_train)) < 2:
         raise InvalidInputError("the training split has a single class; a probe needs two or more")
+    if check_protocol(protocol) == "gpfm":
+        return fit_gpfm_linear_probe(x_train, y_train, x_val, y_val, **options)
+    return fit_logistic_probe(x_train, y_train, x_val, y_val, **options)
+
+
+def fit_logistic_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    Cs: Sequence[float] = DEFAULT_CS,  # noqa: N803 - scikit-learn's name
+    select_by: SelectBy = "balanced_accuracy",
+    standardize: bool = True,
+    class_weight: Literal["balanced"] | None = None,
+    max_iter: int = 10_000,
+    tol: float = 1e-6,
+    progress: bool = False,
+) -> LinearProbe:
+    """Fit logistic regression on the training split for each C, keep the best on validation.
+
+    C is swept from strong to weak regularisation, each fit warm-started from the previous one
+    and run to convergence (``tol``; scikit-learn's default 1e-4 stops L-BFGS early and leaves
+    weakly regularised fits under-fit); the first C with the best validation score wins (ties
+    favour stronger regularisation). The kept model is the one fitted on the training split with
+    that C.
+
+    Args:
+        x_train: (N, D). y_train: (N,) class labels.
+        x_val: (M, D). y_val: (M,).
+        Cs: inverse regularisation strengths to try (default 1e-4 … 1e4, 17 values).
+        select_by: validation criterion.
+        standardize: z-score features with the training split's mean and std first.
+        class_weight: "balanced" weights classes inversely to their frequency.
+        max_iter: L-BFGS iterations per fit at most (a warning names any C that hits it).
+        tol: L-BFGS stopping tolerance.
+        progress: show a progress bar over the sweep.
+    """
+    x_train, y_train = _xy(x_train, y_train, "training split")
+    x_val, y_val = _xy(x_val, y_val, "validation split")
     scaler = StandardScaler().fit(x_train) if standardize else None
     if scaler is not None:
         x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
-    model = LogisticRegression(max_iter=max_iter, warm_start=True, class_weight=class_weight)
+    model = LogisticRegression(
+        max_iter=max_iter, tol=tol, warm_start=True, class_weight=class_weight
+    )
     sweep: list[tuple[float, float]] = []
     best: tuple[float, float, LogisticRegression] | None = None
     for c in tqdm(sorted(Cs), desc="linear probe C sweep", disable=not progress, leave=False):
         model.set_params(C=c)
-        model.fit(x_train, y_train)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x_train, y_train)
+        if int(np.max(model.n_iter_)) >= max_iter:
+            logger.warning("linear probe: C=%g did not converge in %d iterations", c, max_iter)
         score = _score(select_by, y_val, model.predict_proba(x_val), model.classes_)
         sweep.append((c, score))
         if best is None or score > best[1]:
@@ -151,7 +217,12 @@ class KNNProbe:
         k: neighbours that vote, chosen on validation (or the default).
         sweep: (k, validation score) for every k tried.
         classes: class labels, in the column order of ``predict_proba``.
-        temperature: None for one vote per neighbour; else votes weighted exp(similarity / T).
+        temperature: ``ours``: None for one vote per neighbour, else votes weighted
+            exp(similarity / T); ``gpfm``: votes softmax(similarity / T) over the max(ks)
+            nearest.
+        protocol: ``ours`` (a tie goes to the tied label of the nearest) or ``gpfm`` (the
+            paper's votes; a tie goes to the first class).
+        ks: the k the probe was built for (``gpfm`` normalises votes over the max(ks) nearest).
     """
 
     k: int
@@ -161,20 +232,34 @@ class KNNProbe:
     normalization: Normalization
     train_features: np.ndarray = field(repr=False)
     train_labels: np.ndarray = field(repr=False)
+    protocol: EvalProtocol = "ours"
+    ks: tuple[int, ...] = ()
 
-    def _vote(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _vote(self, features: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+        k = k or self.k
+        if self.protocol == "gpfm":
+            votes = gpfm_knn_votes(
+                self.train_features,
+                self.train_labels,
+                features,
+                sorted({*self.ks, k}),
+                temperature=self.temperature or 0.07,
+                num_classes=len(self.classes),
+            )[k]
+            shares = votes / votes.sum(dim=1, keepdim=True)
+            return shares.numpy(), self.classes[votes.argmax(dim=1).numpy()]
         neighbours, similarity = nearest_neighbours(
             features, self.train_features, k, normalization=self.normalization
         )
         return _vote(self.train_labels, self.classes, neighbours, similarity, self.temperature)
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """(N, C) vote shares of (N, D) features."""
-        return self._vote(np.asarray(features, dtype=np.float32), self.k)[0]
+    def predict_proba(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(N, C) vote shares of (N, D) features, with ``k`` neighbours (default ``self.k``)."""
+        return self._vote(np.asarray(features, dtype=np.float32), k)[0]
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """(N,) labels with the most votes; a tie goes to the tied label of the nearest."""
-        return self._vote(np.asarray(features, dtype=np.float32), self.k)[1]
+    def predict(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(N,) labels with the most votes, with ``k`` neighbours (default ``self.k``)."""
+        return self._vote(np.asarray(features, dtype=np.float32), k)[1]
 
 
 def _vote(
@@ -204,48 +289,79 @@ def fit_knn_probe(
     val_features: np.ndarray | None = None,
     val_labels: Sequence[int] | np.ndarray | None = None,
     *,
-    ks: Sequence[int] = (1, 3, 5, 10, 20, 50, 100),
+    ks: Sequence[int] | None = None,
     default_k: int = 20,
     select_by: Literal["balanced_accuracy", "accuracy", "macro_f1"] = "balanced_accuracy",
     temperature: float | None = None,
     normalization: Normalization = "none",
+    protocol: EvalProtocol = "ours",
 ) -> KNNProbe:
     """A cosine kNN probe whose k is chosen on the validation split.
 
     Without validation data, k = ``default_k`` (20). Ks larger than the training split are
     skipped; the first k with the best validation score wins (ties favour smaller k).
+    ``protocol="gpfm"``: the paper's votes (``gpfm.heads.probes_gpfm.gpfm_knn_votes``), ks
+    (1, 20) and T = 0.07 by default, plain cosine; it reports both k
+    (``probe.predict(x, k=1)``) with ``multiclass_accuracy(..., average="weighted")`` and
+    ``multiclass_f1(..., average="weighted")`` under ``poisson_bootstrap``.
 
     Args:
-        train_features: (N, D). train_labels: (N,).
+        train_features: (N, D). train_labels: (N,) (``gpfm``: class indices 0..C-1).
         val_features: (M, D) or None. val_labels: (M,) or None.
-        ks: candidate k. default_k: k without validation data.
+        ks: candidate k (default 1, 3, 5, 10, 20, 50, 100; ``gpfm``: 1, 20).
+        default_k: k without validation data.
         select_by: validation criterion.
         temperature: None: one vote per neighbour; T: votes weighted exp(cosine / T)
             (DINOv2's kNN uses 0.07).
         normalization: ``center``/``zscore`` with the training split's statistics before the
-            cosine (``none``: plain cosine).
+            cosine (``none``: plain cosine; ``gpfm`` allows only this).
+        protocol: ``ours`` or ``gpfm``.
     """
     x_train, y_train = _xy(train_features, train_labels, "training split")
-    classes = np.unique(y_train)
-    candidates = sorted({int(k) for k in ks if 1 <= int(k) <= len(y_train)})
-    sweep: list[tuple[int, float]] = []
-    if val_features is None or val_labels is None:
-        k = min(default_k, len(y_train))
+    gpfm = check_protocol(protocol) == "gpfm"
+    if gpfm:
+        if normalization != "none":
+            raise InvalidInputError("the GPFM kNN uses plain cosine: normalization='none'")
+        ks = ks or (1, 20)
+        temperature = temperature or 0.07
+        classes = np.arange(int(y_train.max()) + 1)
     else:
-        x_val, y_val = _xy(val_features, val_labels, "validation split")
-        if not candidates:
-            raise InvalidInputError(f"no k in {list(ks)} fits a training split of {len(y_train)}")
+        ks = ks or (1, 3, 5, 10, 20, 50, 100)
+        classes = np.unique(y_train)
+    candidates = sorted({int(k) for k in ks if 1 <= int(k) <= len(y_train)})
+    if not candidates:
+        raise InvalidInputError(f"no k in {list(ks)} fits a training split of {len(y_train)}")
+    probe = KNNProbe(
+        min(default_k, len(y_train)),
+        [],
+        classes,
+        temperature,
+        normalization,
+        x_train,
+        y_train,
+        protocol="gpfm" if gpfm else "ours",
+        ks=tuple(candidates),
+    )
+    if val_features is None or val_labels is None:
+        return probe
+    x_val, y_val = _xy(val_features, val_labels, "validation split")
+    if gpfm:
+        votes = gpfm_knn_votes(
+            x_train, y_train, x_val, candidates, temperature=temperature, num_classes=len(classes)
+        )
+        predictions = {k: classes[votes[k].argmax(dim=1).numpy()] for k in candidates}
+    else:
         neighbours, similarity = nearest_neighbours(
             x_val, x_train, candidates[-1], normalization=normalization
         )
-        for candidate in candidates:
-            _, predicted = _vote(
-                y_train, classes, neighbours[:, :candidate], similarity[:, :candidate], temperature
-            )
-            sweep.append((candidate, _SCORERS[select_by](y_val, predicted)))
-        k = max(sweep, key=lambda item: (item[1], -item[0]))[0]
-        logger.info("kNN probe: k=%d chosen on validation", k)
-    return KNNProbe(k, sweep, classes, temperature, normalization, x_train, y_train)
+        predictions = {
+            k: _vote(y_train, classes, neighbours[:, :k], similarity[:, :k], temperature)[1]
+            for k in candidates
+        }
+    probe.sweep = [(k, _SCORERS[select_by](y_val, predictions[k])) for k in candidates]
+    probe.k = max(probe.sweep, key=lambda item: (item[1], -item[0]))[0]
+    logger.info("kNN probe: k=%d chosen on validation", probe.k)
+    return probe
 
 
 @dataclass(frozen=True)
@@ -330,7 +446,9 @@ __all__ = [
     "FewShotResult",
     "KNNProbe",
     "LinearProbe",
+    "TorchLinearProbe",
     "fit_knn_probe",
     "fit_linear_probe",
+    "fit_logistic_probe",
     "simpleshot",
 ]

@@ -93,21 +93,30 @@ def _log_survival(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def nll_survival_loss(
-    logits: Tensor, bin_index: Tensor, event: Tensor, alpha: float = 0.0
+    logits: Tensor,
+    bin_index: Tensor,
+    event: Tensor,
+    alpha: float = 0.0,
+    *,
+    eps: float | None = None,
 ) -> Tensor:
     """Negative log-likelihood of discrete-time survival, averaged over the batch.
 
     For a patient in bin y: with the event observed, L_event = -log S_{y-1} - log h_y (survived
     the earlier bins, then the event); censored, L_censored = -log S_y (survived bin y). The loss
     is (1 - alpha) · (L_event + L_censored) + alpha · L_event (Zadeh & Schmid 2020), i.e.
-    ``alpha`` up-weights uncensored patients. GPFM's protocol uses alpha = 0.15; 0 is the plain
-    likelihood. Computed in log space (no clamping).
+    ``alpha`` up-weights uncensored patients; 0 (the default) is the plain likelihood, and what
+    GPFM's benchmark runs (its ``NLLSurvLoss(alpha=0.0)``; 0.15 is only that class's unused
+    default). Computed in log space without clamping; with ``eps``, as GPFM computes it
+    (``utils/survival_utils.py``): hazards sigmoid(logits), S the cumulative product of
+    1 - hazards, each probability clamped at ``eps`` (1e-7) before its log.
 
     Args:
         logits: (B, K) hazard logits.
         bin_index: (B,) int64 time bin of each patient (``discretize_time``).
         event: (B,) 1/True where the event was observed, 0/False where censored.
         alpha: weight in [0, 1] of the extra uncensored term.
+        eps: None, or the clamp of the probability form (GPFM: 1e-7).
     """
     if logits.ndim != 2 or bin_index.shape != logits.shape[:1] or event.shape != bin_index.shape:
         raise InvalidInputError(
@@ -116,7 +125,12 @@ def nll_survival_loss(
         )
     if not 0.0 <= alpha <= 1.0:
         raise InvalidInputError(f"alpha must be in [0, 1], got {alpha}")
-    log_hazard, log_survival = _log_survival(logits)
+    if eps is None:
+        log_hazard, log_survival = _log_survival(logits)
+    else:
+        hazards = torch.sigmoid(_at_least_float32(logits))
+        survival = F.pad(torch.cumprod(1 - hazards, dim=1), (1, 0), value=1.0)
+        log_hazard, log_survival = hazards.clamp(min=eps).log(), survival.clamp(min=eps).log()
     y = bin_index.long().unsqueeze(1)
     observed = event.to(log_hazard.dtype)
     event_term = -(log_survival.gather(1, y) + log_hazard.gather(1, y)).squeeze(1) * observed

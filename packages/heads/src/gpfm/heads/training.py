@@ -37,83 +37,9 @@ from gpfm.heads.survival import (
     risk_score,
     time_bins,
 )
+from gpfm.heads.train_config import Task, TrainConfig
 
 logger = logging.getLogger(__name__)
-
-Task = Literal["classification", "survival"]
-
-
-@dataclass
-class TrainConfig:
-    """Settings of ``train_mil`` (written next to results by the apps; all plain values).
-
-    Attributes:
-        task: ``classification`` (targets ``label``) or ``survival`` (``time``, ``event``).
-        epochs: maximum epochs.
-        lr, weight_decay: AdamW settings (the GPFM/CLAM benchmark: 2e-4, 1e-5).
-        batch_size: bags per step; bags are zero-padded and masked (1 is the MIL default).
-        patience: epochs without validation improvement before stopping.
-        min_epochs: epochs always trained before early stopping may act.
-        monitor: ``loss`` (validation loss, lower is better) or ``metric`` (validation AUC or
-            c-index, higher is better) selects the epoch whose weights are kept.
-        balanced_sampling: classification only: draw every class equally often.
-        survival_loss: ``nll`` (discrete-time hazards, ``n_bins`` outputs) or ``cox`` (one
-            log-risk output; needs batch_size >= 2).
-        survival_alpha: weight of the uncensored term of the NLL (GPFM: 0.15; 0 = plain NLL).
-        n_bins: time bins for the NLL, cut at quantiles of the training split's event times.
-        max_grad_norm: clip gradients to this norm (None: no clipping).
-        mixed_precision: ``auto`` (bf16 on GPUs that have it, else fp16; none on CPU), ``no``,
-            ``bf16`` or ``fp16``.
-        cpu: train on the CPU even when a GPU is there.
-        num_workers: DataLoader worker processes reading bags.
-        seed: seeds sampling, dropout and tile subsampling (seed model initialisation with
-            ``torch.manual_seed`` before building the model).
-        progress: show a tqdm bar over epochs.
-    """
-
-    task: Task = "classification"
-    epochs: int = 20
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
-    batch_size: int = 1
-    patience: int = 5
-    min_epochs: int = 0
-    monitor: Literal["loss", "metric"] = "loss"
-    balanced_sampling: bool = True
-    survival_loss: Literal["nll", "cox"] = "nll"
-    survival_alpha: float = 0.0
-    n_bins: int = 4
-    max_grad_norm: float | None = None
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    cpu: bool = False
-    num_workers: int = 0
-    seed: int = 0
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Raise ``InvalidInputError`` naming the first inconsistent setting."""
-        checks = [
-            (self.task in ("classification", "survival"), "task must be classification/survival"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.patience >= 1, "patience must be >= 1"),
-            (self.monitor in ("loss", "metric"), "monitor must be 'loss' or 'metric'"),
-            (self.survival_loss in ("nll", "cox"), "survival_loss must be 'nll' or 'cox'"),
-            (0.0 <= self.survival_alpha <= 1.0, "survival_alpha must be in [0, 1]"),
-            (self.n_bins >= 2, "n_bins must be >= 2"),
-            (
-                self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-                "mixed_precision must be auto, no, bf16 or fp16",
-            ),
-            (
-                not (self.task == "survival" and self.survival_loss == "cox")
-                or self.batch_size >= 2,
-                "the Cox loss compares patients within a batch: set batch_size >= 2",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInputError(f"TrainConfig: {message}")
 
 
 def resolve_mixed_precision(
@@ -251,7 +177,9 @@ class _Objective:
         if self.config.survival_loss == "cox":
             return cox_loss(logits.reshape(-1), batch["time"], batch["event"])
         bins = discretize_time(batch["time"].double(), torch.as_tensor(self.cuts))
-        return nll_survival_loss(logits, bins, batch["event"], self.config.survival_alpha)
+        return nll_survival_loss(
+            logits, bins, batch["event"], self.config.survival_alpha, eps=self.config.survival_eps
+        )
 
     def total(self, output: MILOutput, batch: dict[str, Tensor]) -> Tensor:
         loss = self(output.logits, batch)
@@ -272,6 +200,16 @@ class _Objective:
             )
         except InvalidInputError:
             return math.nan
+
+    @staticmethod
+    def error(logits: Tensor, batch: dict[str, Tensor]) -> float:
+        """Validation error: the fraction of bags whose largest logit is not their label."""
+        return float((logits.argmax(dim=1) != batch["label"]).double().mean())
+
+    def monitored(self, row: dict[str, float]) -> float:
+        """The history row's monitored value, signed so that lower is better."""
+        key = {"loss": "val_loss", "error": "val_error"}.get(self.config.monitor, "val_metric")
+        return row[key] if self.config.lower_is_better else -row[key]
 
 
 def _required_targets(config: TrainConfig) -> tuple[str, ...]:
@@ -456,13 +394,19 @@ def train_mil(
 
     cuts = None
     if config.task == "survival" and config.survival_loss == "nll":
-        cuts = time_bins(train.targets("time"), train.targets("event"), config.n_bins)
+        if config.survival_cuts is not None:
+            cuts = np.asarray(config.survival_cuts, dtype=np.float64)
+        else:
+            cuts = time_bins(train.targets("time"), train.targets("event"), config.n_bins)
         logger.info("survival time bins cut at %s", np.round(cuts, 3).tolist())
     objective = _Objective(config, cuts)
     pass_target = config.task == "classification" and _takes_target(model)
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    optimizer = optimizer_class(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     prepared_model, optimizer, train_loader, val_loader = accelerator.prepare(
         model,
@@ -470,7 +414,6 @@ def train_mil(
         _loader(train, config, train=True, generator=generator),
         _loader(val, config, train=False, generator=generator),
     )
-    lower_is_better = config.monitor == "loss"
     best_value, best_epoch, best_state = math.inf, 0, None
     history: list[dict[str, float]] = []
     bar = tqdm(
@@ -496,13 +439,18 @@ def train_mil(
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_metric": val_metric,
-            "seconds": time.perf_counter() - start,
         }
+        if config.task == "classification":
+            row["val_error"] = objective.error(val_logits, val_columns)
+        row["seconds"] = time.perf_counter() - start
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        monitored = val_loss if lower_is_better else -val_metric
-        if math.isfinite(monitored) and monitored < best_value:
+        monitored = objective.monitored(row)
+        improved = (
+            monitored <= best_value if config.tie_break == "later" else monitored < best_value
+        )
+        if math.isfinite(monitored) and improved:
             best_value, best_epoch = monitored, epoch
             unwrapped = accelerator.unwrap_model(prepared_model)
             best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
