@@ -1,3 +1,4 @@
+# ruff: noqa: N806 - the reference is transcribed with its own names
 """Position embeddings at other input sizes follow DINOv2's / GPFM's own rule.
 
 The reference is transcribed from birkhoffkiki/GPFM at commit 4f8be2b,
@@ -43,7 +44,7 @@ def reference_interpolate_pos_encoding(pos_embed, patch_size, x, w, h):
 
 def _reference_tokens_before_blocks(model, images):
     # prepare_tokens_with_masks (vision_transformer.py:189-198) without masks
-    B, nc, w, h = images.shape
+    _batch, _channels, w, h = images.shape  # (B, nc, w, h) in the reference
     x = model.patch_embed(images)
     x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
     return x + reference_interpolate_pos_encoding(model.pos_embed, model.patch_size, x, w, h)

@@ -12,7 +12,6 @@ Examples::
 from typing import Any
 
 from gpfm.backbone.attention import Attention, resolve_backend
-from gpfm.backbone.errors import BackboneError
 from gpfm.backbone.checkpoint import (
     CheckpointError,
     convert_checkpoint,
@@ -20,6 +19,7 @@ from gpfm.backbone.checkpoint import (
     read_checkpoint,
     save_safetensors,
 )
+from gpfm.backbone.errors import BackboneError
 from gpfm.backbone.vit import VIT_ARCHITECTURES, VisionTransformer, count_parameters, create_vit
 
 # The zoo imports timm and torchvision (a second or two): load it on first use.

@@ -1,12 +1,13 @@
 """The DINOv2-style Vision Transformer that GPFM uses, in every size, and its named configurations.
 
 Blocks are pre-norm with LayerScale and stochastic depth; the MLP is GELU or SwiGLU; optional
-register tokens sit between the class token and the patch tokens; a learnable mask token
-replaces masked patch embeddings (iBOT). Position embeddings cover the class token and a square
-patch grid and are interpolated (bicubic) for any other input size, e.g. 98 px local crops or
-512 px tiles, by DINOv2's own rule (``scale_factor = (g + 0.1) / M``, see ``resize_pos_grid``) so
-that DINOv2 and GPFM weights give their reference outputs at every size. Parameter names follow timm's ``VisionTransformer``, so timm weights load as they
-are; ``gpfm.backbone.checkpoint`` converts the DINOv2 and GPFM layouts.
+register tokens sit between the class token and the patch tokens; a learnable mask token replaces
+masked patch embeddings (iBOT). Position embeddings cover the class token and a square patch grid
+and are interpolated (bicubic) for any other input size, e.g. 98 px local crops or 512 px tiles, by
+DINOv2's own rule (``scale_factor = (g + 0.1) / M``, see ``resize_pos_grid``) so that DINOv2 and
+GPFM weights give their reference outputs at every size. Parameter names follow timm's
+``VisionTransformer``, so timm weights load as they are; ``gpfm.backbone.checkpoint`` converts the
+DINOv2 and GPFM layouts.
 """
 
 from __future__ import annotations
