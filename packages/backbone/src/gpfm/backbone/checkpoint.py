@@ -166,7 +166,7 @@ def load_checkpoint_strict(model: nn.Module, checkpoint: Mapping[str, Any] | str
     expected = model.state_dict()
     grid = getattr(model, "grid_size", None)
     if grid is not None and "pos_embed" in state:
-        rule = getattr(model, "pos_embed_rule", "size")
+        rule: PosEmbedRule = getattr(model, "pos_embed_rule", "size")
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, rule)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

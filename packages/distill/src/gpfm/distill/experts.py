@@ -125,17 +125,19 @@ def expert_from_encoder(
         raise DistillConfigError(
             f"expert {encoder.name!r}: target must be 'gpfm' or 'embedding', got {target!r}"
         )
+    projected = target == "gpfm" and encoder.name == "conch"
     cls_target: Callable[[Tensor], Tensor] = encoder
-    if target == "gpfm" and encoder.name == "conch":
+    if projected:
         visual: Any = encoder.model
 
         def cls_target(images: Tensor) -> Tensor:
-            return visual.encode_image(images, proj_contrast=True, normalize=True)  # type: ignore[no-any-return]
+            embedding: Tensor = visual.encode_image(images, proj_contrast=True, normalize=True)
+            return embedding
 
     def tokens(images: Tensor) -> ExpertOutput:
         embedding = cls_target(images)
         patch = None
-        if encoder.has_tokens and cls_target is encoder:
+        if encoder.has_tokens and not projected:
             patch_tokens = encoder.forward_tokens(images)["patch"]
             if patch_tokens.shape[-1] == embedding.shape[-1]:
                 patch = patch_tokens

@@ -158,6 +158,6 @@ def phikon_v2(**overrides: Any) -> VisionTransformer:
     Position embeddings are resized as transformers' ``Dinov2Model`` does (``size=``), not by
     DINOv2's original rule, so that outputs equal the published model's at every input size.
     """
-    options = {"img_size": 224, "init_values": 1e-5, "num_register_tokens": 0}
+    options: dict[str, Any] = {"img_size": 224, "init_values": 1e-5, "num_register_tokens": 0}
     options["pos_embed_rule"] = "size"  # transformers' Dinov2Model rule
     return create_vit("vit_large_patch16", **{**options, **overrides})
