@@ -87,3 +87,18 @@ def test_preprocessing_round_trips_through_json_values():
 def test_inconsistent_preprocessing_is_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         Preprocessing(*arguments)
+
+
+def test_transform_takes_a_read_only_array_without_a_warning():
+    import warnings
+
+    import numpy as np
+
+    from gpfm.backbone.zoo.preprocessing import square
+
+    tile = np.full((32, 32, 3), 200, dtype=np.uint8)
+    tile.setflags(write=False)  # as cached or memory-mapped tiles are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = square(64).transform()(tile)
+    assert out.shape == (3, 64, 64)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
@@ -62,6 +63,7 @@ class Preprocessing:
         """The torchvision v2 pipeline: uint8 RGB in, normalised float32 out."""
         size: int | list[int] = self.resize if isinstance(self.resize, int) else list(self.resize)
         steps: list[v2.Transform] = [
+            v2.Lambda(_writable, np.ndarray),  # torch warns on read-only arrays (cached tiles)
             v2.ToImage(),
             v2.Resize(size, interpolation=_MODES[self.interpolation], antialias=True),
         ]
@@ -96,6 +98,11 @@ class Preprocessing:
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed preprocessing {dict(data)!r}: {error}") from error
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array`` itself, or a copy when it is read-only (``torch.from_numpy`` would warn)."""
+    return array if array.flags.writeable else np.array(array)
 
 
 def _pair(values: Sequence[int]) -> tuple[int, int]:
