@@ -250,3 +250,27 @@ def test_every_loss_setting_is_settable_from_the_configuration(tmp_path):
     assert [spec.name for spec in model.loss.config.experts] == ["expert_a", "expert_b"]
     with pytest.raises(ValueError, match="experts"):
         load_config("tiny_cpu", ["loss.experts=[{name: x, dim: 3}]"])
+
+
+def test_the_docs_list_every_configuration_key():
+    from pathlib import Path
+
+    from gpfm.apps.train.config import config_reference
+
+    docs = Path(__file__).resolve().parents[3] / "docs" / "train.md"
+    if not docs.exists():
+        pytest.skip("docs/ is not beside this checkout")
+    text = docs.read_text()
+    table = text.split("<!-- config-keys:start -->\n")[1].split("<!-- config-keys:end -->")[0]
+    assert table == config_reference(), "regenerate the table with config_reference()"
+
+
+def test_print_config_and_a_second_run_of_a_finished_job(tmp_path, capsys):
+    assert main(["tiny_cpu", "--print-config", "max_steps=3"]) == 0
+    assert "max_steps: 3" in capsys.readouterr().out
+    args = ["tiny_cpu", f"output_dir={tmp_path}", "max_steps=2", "data.synthetic_length=16"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "16 images; crops 2 x 64 px + 4 x 32 px" in first and "trained 2 steps" in first
+    assert main(args) == 0
+    assert "already complete (2 of 2 steps); nothing to do" in capsys.readouterr().out

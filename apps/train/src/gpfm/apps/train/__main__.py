@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gpfm.apps.train.config import bundled_configs, load_config
+from gpfm.apps.train.config import bundled_configs, load_config, to_yaml
 from gpfm.apps.train.trainer import TrainingError, train
 from gpfm.backbone import BackboneError
 from gpfm.distill import DistillError
@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gpfm-train",
         description=__doc__.split("\n")[0],
-        epilog=f"bundled configurations: {', '.join(bundled_configs())}",
+        epilog=f"bundled configurations: {', '.join(bundled_configs())}. Every key and its "
+        "default: --print-config, or the table in the gpfm-train docs.",
     )
     parser.add_argument("config", help="YAML file or bundled configuration name")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dot list)")
@@ -39,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="build everything on the meta device, check the weights references, print the "
         "parameter counts and the resolved configuration, and exit",
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (every key, defaults included) and exit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(
@@ -47,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(config), end="")
+            return 0
         if args.dry_run:
             from gpfm.apps.train.dryrun import dry_run
 
@@ -56,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainingError, BackboneError, DistillError, SlideError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if result["export"] is not None:
+    if result.get("already_complete"):
+        print(
+            f"already complete ({result['step']} of {config.max_steps} steps); nothing to do. "
+            f"The teacher is exported in {result['export']}"
+        )
+    elif result["export"] is not None:
         print(f"trained {result['step']} steps; teacher exported to {result['export']}")
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -182,3 +184,43 @@ def to_flat_dict(config: TrainConfig) -> dict[str, Any]:
 
     walk("", container)
     return flat
+
+
+def config_reference() -> str:
+    """Every configuration key with its type and default, as a Markdown table (for the docs)."""
+    rows = ["| key | type | default |", "|---|---|---|"]
+
+    def walk(prefix: str, instance: Any) -> None:
+        hints = typing.get_type_hints(type(instance))
+        for item in dataclasses.fields(instance):
+            key, value = f"{prefix}{item.name}", getattr(instance, item.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                walk(f"{key}.", value)
+            elif key == "experts":
+                walk("experts.N.", ExpertConfig())
+            elif key != "loss.experts":  # filled from ``experts``
+                rows.append(f"| `{key}` | {_type_name(hints[item.name])} | `{_shown(value)}` |")
+
+    walk("", TrainConfig())
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value == "":
+        return '""'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint) if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
+    for noise in ("typing.", "gpfm.apps.train.config.", "gpfm.distill.expert_loss."):
+        text = text.replace(noise, "")
+    return text.replace(" | ", " or ")

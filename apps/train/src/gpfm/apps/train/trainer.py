@@ -219,6 +219,16 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         accelerator.load_state(str(latest))
         step = int(latest.name.split("_")[1])
         logger.info("resumed from %s", latest)
+    exported = output / EXPORT_DIR
+    if step >= config.max_steps and (exported / "encoder.json").exists():
+        accelerator.end_training()
+        return {"history": [], "export": exported, "step": step, "already_complete": True}
+    augment = config.augment
+    accelerator.print(
+        f"{len(dataset)} images; crops 2 x {augment.global_size} px + "
+        f"{augment.n_local} x {augment.local_size} px; the exported teacher takes "
+        f"{config.student.img_size} px; {config.max_steps - step} steps to go"
+    )
 
     unwrapped: DistillationModel = accelerator.unwrap_model(model)
     history: list[dict[str, float]] = []
