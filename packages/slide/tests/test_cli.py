@@ -114,3 +114,20 @@ def test_module_runs_as_a_program(shared_slides):
     )
     assert done.returncode == 0, done.stderr
     assert "16 x 16 px" in done.stdout
+
+
+def test_tile_says_what_it_did_shows_defaults_and_draws_a_legend(tmp_path, synthetic, capsys):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "out"
+    assert main(["tile", str(synthetic.path), "--out", str(out), "--mpp", "1.0"]) == 0
+    record = _records(out)[0]
+    printed = capsys.readouterr().out
+    assert f"{record['slide_id']}: {record['num_tiles']} tiles, " in printed
+    assert "% tissue" in printed
+    qc = np.asarray(Image.open(out / record["outputs"]["qc"]).convert("RGB"))
+    assert (qc[3, 3] == 255).all()  # the legend's white box in the top-left corner
+    with pytest.raises(SystemExit):
+        main(["tile", "--help"])
+    assert "(default: 0.5)" in capsys.readouterr().out

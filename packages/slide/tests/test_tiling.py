@@ -132,3 +132,19 @@ def test_native_level_tiles_take_the_nearest_level_and_its_true_resolution(synth
     assert coarse.level == 1 and coarse.mpp == pytest.approx(2.0)
     assert coarse.patch_size_level0 == 512 and coarse.read_size == coarse.patch_size == 128
     assert tie.level == 0 and tie.mpp == 0.5 and tie.read_size == 128  # ties go to the finer
+
+
+def test_tiles_have_a_short_repr():
+    import numpy as np
+
+    from gpfm.slide import Tiles
+
+    tiles = Tiles(
+        np.zeros((5000, 2), np.int64), np.ones(5000, np.float32), 0.5, 224, 448, 0, 1.0, 0.25,
+        (100_000, 80_000), slide_path="slides/case-1.svs",
+    )  # fmt: skip
+    text = repr(tiles)
+    assert text == (
+        "Tiles(5000 tiles of 224 px at 0.5 µm/px, level 0 (448 px read), overlap 0, "
+        "min_tissue 0, slide='case-1.svs')"
+    )

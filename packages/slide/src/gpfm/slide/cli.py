@@ -180,6 +180,10 @@ def _tile(args: argparse.Namespace) -> int:
                     record.update(
                         status="done", settings=settings, **_tile_one(path, out, identifier, args)
                     )
+                    tqdm.write(
+                        f"{identifier}: {record['num_tiles']} tiles, "
+                        f"{100 * record['tissue_fraction']:.1f}% tissue"
+                    )
                 except Exception as error:  # one bad slide must not stop the batch
                     failures += 1
                     logger.debug("%s", traceback.format_exc())
@@ -212,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per line")
     info.set_defaults(run=_info)
 
-    tiles = commands.add_parser("tile", help="find tissue and write tile coordinates")
+    tiles = commands.add_parser(
+        "tile",
+        help="find tissue and write tile coordinates",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     common(tiles)
     tiles.add_argument("--out", type=Path, required=True, help="output folder")
     tiles.add_argument("--mpp", type=float, default=0.5, help="tile resolution, µm/px")

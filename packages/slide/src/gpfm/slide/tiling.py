@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +49,14 @@ class Tiles:
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
+
+    def __repr__(self) -> str:
+        slide = f", slide={Path(self.slide_path).name!r}" if self.slide_path else ""
+        return (
+            f"Tiles({len(self)} tiles of {self.patch_size} px at {self.mpp:g} µm/px, "
+            f"level {self.level} ({self.read_size} px read), overlap {self.overlap:g}, "
+            f"min_tissue {self.min_tissue:g}{slide})"
+        )
 
     @property
     def read_size(self) -> int:
