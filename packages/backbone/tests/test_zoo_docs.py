@@ -32,6 +32,14 @@ def test_the_example_runs_as_written(page, capsys):
     assert "my-cnn: (4, 16)" in printed and "my-run (4, 192)" in printed
 
 
+@pytest.mark.slow
+def test_every_other_example_runs_as_written(page, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    for block in blocks[1:]:
+        exec(compile(block, str(PAGE), "exec"), {"__name__": "__docs__"})
+    assert "features (12, 192) labels [6 6]" in capsys.readouterr().out
+
+
 def test_the_zoo_table_lists_every_entry_with_its_embedding_size(page):
     section = page.split("## The encoder zoo", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `([\w.-]+)` \| [^|]+ \| ([^|]+) \|", section, flags=re.MULTILINE)

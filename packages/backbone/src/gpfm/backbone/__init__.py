@@ -26,6 +26,9 @@ from gpfm.backbone.vit import VIT_ARCHITECTURES, VisionTransformer, count_parame
 _ZOO = {
     "Encoder",
     "EncoderSpec",
+    "ImageReadError",
+    "encode_images",
+    "image_files",
     "MissingWeightsError",
     "Preprocessing",
     "UnknownEncoderError",

@@ -11,6 +11,7 @@
 
 from gpfm.backbone.zoo.encoder import Encoder
 from gpfm.backbone.zoo.exported import export_encoder, read_encoder_config
+from gpfm.backbone.zoo.images import ImageReadError, encode_images, image_files
 from gpfm.backbone.zoo.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,11 +37,14 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "Encoder",
     "EncoderSpec",
+    "ImageReadError",
     "MissingWeightsError",
     "Preprocessing",
     "UnknownEncoderError",
+    "encode_images",
     "export_encoder",
     "get_encoder_spec",
+    "image_files",
     "list_encoders",
     "load_encoder",
     "read_encoder_config",
