@@ -103,10 +103,8 @@ def main() -> None:
     small.student.arch, small.student.img_size, small.student.depth = "vit_small_patch16", 224, None
     small.augment = replace(small.augment, global_size=224, local_size=96, n_local=8)
     small.data.synthetic_size = 256
-    small.loss.prototypes, small.loss.head_hidden_dim, small.loss.head_bottleneck_dim = (
-        65_536,
-        2048,
-        256,
+    small.loss = replace(
+        small.loss, prototypes=65_536, head_hidden_dim=2048, head_bottleneck_dim=256
     )
     for expert in small.experts:
         expert.encoder, expert.overrides = "vit_small_patch16", {"img_size": 224}
