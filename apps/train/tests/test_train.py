@@ -274,3 +274,12 @@ def test_print_config_and_a_second_run_of_a_finished_job(tmp_path, capsys):
     assert "16 images; crops 2 x 64 px + 4 x 32 px" in first and "trained 2 steps" in first
     assert main(args) == 0
     assert "already complete (2 of 2 steps); nothing to do" in capsys.readouterr().out
+
+
+def test_list_items_are_overridden_and_errors_name_the_key():
+    config = load_config("gpfm_vitl14", ["experts.0.weights=/models/uni.bin"])
+    assert config.experts[0].weights == "/models/uni.bin"
+    assert config.experts[1].weights == "hf-hub:owkin/phikon"
+    with pytest.raises(ValueError, match=r"^override max_steps: .*Integer") as error:
+        load_config("tiny_cpu", ["max_steps=abc"])
+    assert "\n" not in str(error.value)
