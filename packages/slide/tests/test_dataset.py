@@ -85,3 +85,17 @@ def test_multi_slide_dataset_draws_a_seeded_sample_per_slide(synthetic, tmp_path
         MultiSlidePatchDataset(coords, per_slide=5)
     with pytest.raises(SlideError, match="no coords files"):
         MultiSlidePatchDataset(tmp_path / "empty", per_slide=5)
+
+
+def test_without_torch_the_datasets_say_which_extra_to_install(monkeypatch):
+    import sys
+
+    import pytest
+
+    import gpfm.slide
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+    monkeypatch.delitem(sys.modules, "gpfm.slide.dataset", raising=False)
+    monkeypatch.delattr(gpfm.slide, "dataset", raising=False)
+    with pytest.raises(ImportError, match=r"gpfm-slide\[torch\]"):
+        gpfm.slide.PatchDataset  # noqa: B018

@@ -71,7 +71,9 @@ def gpfm_schedules(
         total_steps: optimizer steps in the run.
         global_batch: images per optimizer step over all processes (and accumulation).
         base_lr: learning rate for a global batch of 1,024, scaled by ``scaled_lr``.
-        warmup_steps, warmup_teacher_temp_steps, freeze_last_layer_steps: in optimizer steps.
+        warmup_steps: the learning rate's linear warmup, in optimizer steps.
+        warmup_teacher_temp_steps: the teacher temperature's warmup, in optimizer steps.
+        freeze_last_layer_steps: steps with the last layers' learning rate at 0.
     """
     peak = scaled_lr(base_lr, global_batch)
     lr = cosine_schedule(peak, min_lr, total_steps, warmup_steps)

@@ -143,7 +143,8 @@ class UnifiedDistillationLoss(nn.Module):
         Args:
             student_cls_logits: (B, K) per crop, global crops first.
             teacher_cls_targets: (B, K) per global crop.
-            student_patch_logits / teacher_patch_targets: (M, K) for the masked patches.
+            student_patch_logits: (M, K) student logits of the masked patches.
+            teacher_patch_targets: (M, K) teacher targets of the same patches.
             masks: (n_global·B, N) bool.
             student_global_cls: backbone class tokens (B, D) per global crop (for KoLeo).
             student_global_patch: (n_global·B, N, D) patch tokens, for the experts.

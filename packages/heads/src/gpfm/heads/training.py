@@ -371,7 +371,8 @@ def train_mil(
     Args:
         model: e.g. ``ABMIL(in_dim, n_classes)``; ``forward(features, mask[, target])``
             returning ``MILOutput`` or a logits tensor.
-        train, val: feature bags with targets (``label``, or ``time`` and ``event``).
+        train: feature bags with targets (``label``, or ``time`` and ``event``).
+        val: validation bags, the same way; every selection is made on them.
         test: bags to predict once at the end (optional).
         config: training settings (``TrainConfig()`` by default).
         accelerator: an Accelerate ``Accelerator`` to use instead of one built from

@@ -29,8 +29,14 @@ from gpfm.slide.tissue import TissueMask, segment_tissue
 def __getattr__(name: str) -> object:
     # PatchDataset needs torch; importing it lazily keeps the CLI and plain reading light.
     if name in ("PatchDataset", "MultiSlidePatchDataset"):
-        from gpfm.slide import dataset
-
+        try:
+            from gpfm.slide import dataset
+        except ModuleNotFoundError as error:
+            if error.name != "torch":
+                raise
+            raise ImportError(
+                f"gpfm.slide.{name} needs PyTorch: pip install 'gpfm-slide[torch]'"
+            ) from None
         return getattr(dataset, name)
     raise AttributeError(f"module 'gpfm.slide' has no attribute {name!r}")
 

@@ -110,11 +110,12 @@ def register_encoder(
         name: the zoo name (``load_encoder(name)``).
         embed_dim: size of the embedding.
         preprocessing: the authors' resize / crop / normalisation.
-        embedding, tokens: how to get the embedding and the tokens from the network when its
-            ``forward`` / ``forward_tokens`` do not give them.
+        embedding: how to get the embedding from the network when its ``forward`` does not.
+        tokens: how to get the tokens from the network when its ``forward_tokens`` does not.
         convert: ``(checkpoint, network) -> state dict``: reads the published layout (the
             network, maybe on the meta device, gives the target shapes).
-        hub_id, hub_filename: where ``weights="hf-hub:<hub_id>"`` fetches from, and the file.
+        hub_id: the Hub repository that ``weights="hf-hub:<hub_id>"`` fetches from.
+        hub_filename: the weights file in that repository.
         sha256: SHA-256 of the published weights file, checked when known.
         requires_weights: False for networks that are meaningful without trained weights.
         published_params: the parameter count the authors publish (checked by the tests).
@@ -212,7 +213,10 @@ def load_encoder(
         dtype: parameter dtype (default float32); inputs are cast to it.
         random_init: build a zoo model with random weights instead (tests, demos).
         sha256: expected SHA-256 of the weights file.
-        cache_dir, revision, token, endpoint: passed to the Hub download.
+        cache_dir: where Hub downloads are kept (passed to the download).
+        revision: a Hub branch, tag or commit.
+        token: Hub token for gated repositories.
+        endpoint: another Hub server.
 
     Raises:
         UnknownEncoderError: an unknown name.
