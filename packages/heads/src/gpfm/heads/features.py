@@ -231,7 +231,7 @@ def _open(path: Path) -> h5py.File:
         raise FeatureFileError(f"{path}: not a readable HDF5 file ({error})") from error
 
 
-def read_bag(path: str | Path, out: np.ndarray | None = None) -> np.ndarray:
+def read_bag(path: str | os.PathLike[str], out: np.ndarray | None = None) -> np.ndarray:
     """Read the (N, D) ``features`` of one file as float32, without reading ``coords``.
 
     Args:
@@ -247,7 +247,7 @@ def read_bag(path: str | Path, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def bag_shape(path: str | Path) -> tuple[int, int]:
+def bag_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(N, D) of a feature file, read from its header only."""
     path = Path(path)
     with _open(path) as h5:

@@ -347,7 +347,12 @@ def fit_knn_probe(
     x_val, y_val = _xy(val_features, val_labels, "validation split")
     if gpfm:
         votes = gpfm_knn_votes(
-            x_train, y_train, x_val, candidates, temperature=temperature, num_classes=len(classes)
+            x_train,
+            y_train,
+            x_val,
+            candidates,
+            temperature=temperature or 0.07,
+            num_classes=len(classes),
         )
         predictions = {k: classes[votes[k].argmax(dim=1).numpy()] for k in candidates}
     else:

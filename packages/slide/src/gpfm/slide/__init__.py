@@ -9,6 +9,8 @@ PatchDataset("slide.svs", tiles, transform)     # torch Dataset, safe with DataL
 MultiSlidePatchDataset("coords/", per_slide=64) # a seeded sample of tiles from many slides
 """
 
+from typing import TYPE_CHECKING
+
 from gpfm.slide.backends import SlideReader
 from gpfm.slide.errors import (
     CoordsFileError,
@@ -24,6 +26,9 @@ from gpfm.slide.storage import read_coords, write_coords
 from gpfm.slide.synthetic import SyntheticSlide, make_synthetic_slide
 from gpfm.slide.tiling import Tiles, tile
 from gpfm.slide.tissue import TissueMask, segment_tissue
+
+if TYPE_CHECKING:
+    from gpfm.slide.dataset import MultiSlidePatchDataset, PatchDataset
 
 
 def __getattr__(name: str) -> object:

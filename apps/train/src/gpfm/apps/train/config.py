@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import Container, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gpfm.distill import LossConfig, MultiCropConfig
@@ -153,10 +153,9 @@ def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
 
 
 def _clear_read_only(node: Any) -> None:
-    if isinstance(node, Container):
+    if isinstance(node, DictConfig | ListConfig):
         OmegaConf.set_readonly(node, None)
-        children = node.values() if OmegaConf.is_dict(node) else node
-        for child in children:
+        for child in node.values() if isinstance(node, DictConfig) else node:
             _clear_read_only(child)
 
 

@@ -92,7 +92,8 @@ class MultiCropCollate:
     def __init__(self, config: TrainConfig, patch_size: int) -> None:
         grid = config.augment.global_size // patch_size
         self.generator = BlockMaskingGenerator((grid, grid))
-        self.mask_ratio = tuple(config.loss.mask_ratio)
+        low, high = config.loss.mask_ratio
+        self.mask_ratio = (float(low), float(high))
         self.mask_probability = config.loss.mask_probability
         self.seed = config.seed
 

@@ -44,8 +44,8 @@ def dry_run(config: TrainConfig) -> str:
     trainable = sum(p.numel() for _, p in model.trainable_named_parameters())
     lines.append(f"  trainable total   {trainable:>14,}")
     lines.append(f"  EMA teacher       {count_parameters(model.teacher):>14,}")
-    for name, expert in model.experts.items():
-        lines.append(f"  expert {name:<10} {count_parameters(expert):>14,}  (frozen)")
+    for name, frozen in model.experts.items():
+        lines.append(f"  expert {name:<10} {count_parameters(frozen):>14,}  (frozen)")
     lines.append("resolved configuration:")
     lines.append(to_yaml(config))
     return "\n".join(lines)

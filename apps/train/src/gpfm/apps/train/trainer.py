@@ -183,7 +183,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     model = build_model(config)
     optimizer = torch.optim.AdamW(
         model.parameter_groups(config.optim.layer_decay, config.optim.patch_embed_lr_mult),
-        betas=tuple(config.optim.adam_betas),
+        betas=(float(config.optim.adam_betas[0]), float(config.optim.adam_betas[1])),
     )
     images = image_dataset(config)
     dataset = SeededAugmentation(images, multicrop_augmentation(config), config.seed)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gpfm.backbone.checkpoint import convert_checkpoint, resample_pos_embed
+from gpfm.backbone.checkpoint import PosEmbedRule, convert_checkpoint, resample_pos_embed
 from gpfm.backbone.vit import VIT_ARCHITECTURES, VisionTransformer, create_vit
 from gpfm.backbone.zoo.encoder import Tokens
 from gpfm.backbone.zoo.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, square
@@ -57,7 +57,7 @@ def convert_dinov2_style(checkpoint: Mapping[str, Any], model: nn.Module) -> dic
     state = convert_checkpoint(checkpoint)
     grid = getattr(model, "grid_size", None)
     if isinstance(grid, int) and "pos_embed" in state:
-        rule = getattr(model, "pos_embed_rule", "dinov2")
+        rule: PosEmbedRule = getattr(model, "pos_embed_rule", "dinov2")
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, rule)
     return state
 
