@@ -35,6 +35,7 @@ from gpfm.bench.spec import TaskSpec
 from gpfm.bench.splits import Fold, sealed_test_labels
 from gpfm.heads import (
     FeatureBagDataset,
+    HeadsError,
     TrainConfig,
     bootstrap_ci,
     c_index,
@@ -124,6 +125,11 @@ def _metric_fns(protocol: str, auc_name: str) -> dict[str, Callable[..., float]]
     }
 
 
+def _wanted(spec: TaskSpec, metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics the spec asks for (with their bootstrap mean and std, where recorded)."""
+    return {k: v for k, v in metrics.items() if k.split("_bootstrap")[0] in spec.metrics.names}
+
+
 def _run_record(fold: Fold, **values: Any) -> dict[str, Any]:
     sizes = {"train": len(fold.train), "val": len(fold.val), "test": len(fold.test)}
     record = {"fold": fold.name, "seed": fold.seed, "sizes": sizes, "val_carved": fold.val_carved}
@@ -175,18 +181,24 @@ def run_mil(
         predictions = predict(result.model, bags(fold.test, False), task=task)  # type: ignore[arg-type]
         truth = sealed_test_labels(spec, cohort, fold).open()  # final evaluation from here on
         if survival:
-            metrics = {"c_index": c_index(truth["time"], truth["event"], predictions.risk)}
+            functions: dict[str, Callable[..., float]] = {"c_index": c_index}
+            arrays = (truth["time"], truth["event"], predictions.risk)
             outputs: dict[str, list[Any]] = {"risk": predictions.risk.tolist()}
         else:
-            metrics = classification_scores(protocol, truth["label"], predictions.probabilities)
+            functions = _metric_fns(protocol, "auc")
+            arrays = (truth["label"], predictions.probabilities)
             outputs = {"probabilities": predictions.probabilities.round(6).tolist()}
+        metrics = {name: fn(*arrays) for name, fn in functions.items()}
+        boots = _bootstrap(spec, protocol, functions, arrays, cohort.patients[fold.test], fold.seed)
+        ci = _intervals(protocol, metrics, boots)
         selection = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
         if result.time_bins is not None:
             selection["time_bins"] = result.time_bins.tolist()
         output.runs.append(
             _run_record(
                 fold,
-                metrics={k: v for k, v in metrics.items() if k in spec.metrics.names},
+                metrics=_wanted(spec, metrics),
+                ci=ci,
                 selection=selection,
                 head_seconds=head_seconds,
                 eval_seconds=time.perf_counter() - start,
@@ -246,35 +258,46 @@ def _fit_roi_probe(
 def _bootstrap(
     spec: TaskSpec,
     protocol: str,
-    labels: np.ndarray,
-    probabilities: np.ndarray,
+    functions: dict[str, Callable[..., float]],
+    arrays: Sequence[np.ndarray],
     groups: np.ndarray | None,
     seed: int,
 ) -> dict[str, BootstrapResult]:
-    functions = _metric_fns(protocol, "macro_auc")
+    """Bootstrap intervals of the spec's metrics among ``functions`` on the test ``arrays``:
+    ours resamples whole patients (``groups``), gpfm rows with Poisson(1) weights."""
     functions = {k: v for k, v in functions.items() if k in spec.metrics.names}
     resamples, confidence = spec.metrics.bootstrap, spec.metrics.confidence
+    if resamples < 2 or not functions:
+        return {}
     if protocol == "gpfm":
-        return poisson_bootstrap(
-            functions,
-            labels,
-            probabilities,
-            n_resamples=resamples,
-            seed=seed,
-            confidence=confidence,
-        )
-    return {
-        name: bootstrap_ci(
-            fn,
-            labels,
-            probabilities,
-            groups=groups,
-            n_resamples=resamples,
-            confidence=confidence,
-            seed=seed,
-        )
-        for name, fn in functions.items()
-    }
+        try:
+            return poisson_bootstrap(
+                functions, *arrays, n_resamples=resamples, seed=seed, confidence=confidence
+            )
+        except HeadsError as error:
+            logger.warning("%s: no bootstrap intervals (%s)", spec.name, error)
+            return {}
+    results = {}
+    for name, fn in functions.items():
+        try:
+            results[name] = bootstrap_ci(
+                fn, *arrays, groups=groups, n_resamples=resamples, confidence=confidence, seed=seed
+            )
+        except HeadsError as error:  # e.g. too few patients for resamples with every class
+            logger.warning("%s: no bootstrap interval of %s (%s)", spec.name, name, error)
+    return results
+
+
+def _intervals(
+    protocol: str, metrics: dict[str, float], boots: dict[str, BootstrapResult]
+) -> dict[str, list[float]]:
+    """Percentile intervals per metric; gpfm also records the bootstrap mean and std it
+    reports."""
+    for name, boot in boots.items():
+        if protocol == "gpfm":
+            metrics[f"{name}_bootstrap_mean"] = boot.mean
+            metrics[f"{name}_bootstrap_std"] = boot.std
+    return {name: [boot.low, boot.high] for name, boot in boots.items()}
 
 
 def run_roi_classification(
@@ -301,26 +324,20 @@ def run_roi_classification(
         truth = sealed_test_labels(spec, cohort, fold).open()  # final evaluation from here on
         labels = truth["label"]
         metrics = classification_scores(protocol, labels, probabilities, "macro_auc")
-        ci: dict[str, list[float]] = {}
-        if spec.metrics.bootstrap >= 2:
-            groups = cohort.patients[fold.test] if by_patient else None
-            for name, boot in _bootstrap(
-                spec, protocol, labels, probabilities, groups, fold.seed
-            ).items():
-                ci[name] = [boot.low, boot.high]
-                if protocol == "gpfm":
-                    metrics[f"{name}_bootstrap_mean"], metrics[f"{name}_bootstrap_std"] = (
-                        boot.mean,
-                        boot.std,
-                    )
+        groups = cohort.patients[fold.test] if by_patient else None
+        boots = _bootstrap(
+            spec,
+            protocol,
+            _metric_fns(protocol, "macro_auc"),
+            (labels, probabilities),
+            groups,
+            fold.seed,
+        )
+        ci = _intervals(protocol, metrics, boots)
         output.runs.append(
             _run_record(
                 fold,
-                metrics={
-                    k: v
-                    for k, v in metrics.items()
-                    if k.split("_bootstrap")[0] in spec.metrics.names
-                },
+                metrics=_wanted(spec, metrics),
                 ci=ci,
                 selection=selection,
                 head_seconds=head_seconds,
@@ -363,11 +380,10 @@ def run_roi_retrieval(
             n_bootstrap=spec.metrics.bootstrap if spec.metrics.bootstrap >= 2 else 0,
             seed=fold.seed,
         )
-        wanted = {k: v for k, v in scores.items() if k.split("_bootstrap")[0] in spec.metrics.names}
         output.runs.append(
             _run_record(
                 fold,
-                metrics=wanted,
+                metrics=_wanted(spec, scores),
                 ci={},
                 selection={"database": "training set", "database_size": len(database)},
                 head_seconds=0.0,

@@ -54,39 +54,53 @@ def rank_heatmap(board: Leaderboard, path: Path) -> Path:
     for i, task in enumerate(tasks):
         for model, rank in task_ranks(board.scores[task]).items():
             ranks[i, models.index(model)] = rank
-    height = 1.6 + 0.28 * len(tasks)
-    fig, ax = plt.subplots(figsize=(2.2 + 0.75 * len(models), height))
+    fig, ax = plt.subplots(figsize=(3.4 + 0.7 * len(models), 2.2 + 0.3 * len(tasks)))
     image = ax.imshow(
-        np.ma.masked_invalid(ranks), cmap="viridis_r", aspect="auto", vmin=1, vmax=len(models)
+        np.ma.masked_invalid(ranks), cmap="RdYlGn_r", aspect="auto", vmin=1, vmax=len(models)
     )
     for (i, j), rank in np.ndenumerate(ranks):
         text = "–" if math.isnan(rank) else f"{rank:g}"
-        colour = "black" if math.isnan(rank) or rank > len(models) * 0.6 else "white"
-        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
-    ax.set_xticks(range(len(models)), models, rotation=35, ha="right")
+        ax.text(j, i, text, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(models)), models, rotation=35, ha="left")
     ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
-    ax.xaxis.set_ticks_position("top")
-    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
     start = 0
     for panel in dict.fromkeys(board.tasks[t]["panel"] for t in tasks):
         size = sum(board.tasks[t]["panel"] == panel for t in tasks)
         if start:
-            ax.axhline(start - 0.5, color="white", linewidth=3)
-        ax.text(
-            len(models) - 0.4, start + size / 2 - 0.5, panel, rotation=-90, va="center", fontsize=9
+            ax.axhline(start - 0.5, color="black", linewidth=2)
+        ax.annotate(
+            panel,
+            xy=(1.02, start + size / 2 - 0.5),
+            xycoords=("axes fraction", "data"),
+            rotation=-90,
+            va="center",
+            fontsize=9,
+            annotation_clip=False,
         )
         start += size
-    fig.colorbar(image, ax=ax, label="rank on the task (1 = best)", shrink=0.6, pad=0.08)
-    ax.set_title(f"Rank of each model on each task ({board.protocol} protocol)", pad=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    colorbar = fig.colorbar(image, ax=ax, orientation="horizontal", shrink=0.7, pad=0.03)
+    colorbar.set_label(
+        f"rank of each model on each task ({board.protocol} protocol; 1 = best, – no result)"
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+def _cliques(ranks: list[float], cd: float) -> list[tuple[int, int]]:
+    """Maximal runs (i, j) of models sorted by rank whose ranks differ by at most ``cd``."""
+    cliques: list[tuple[int, int]] = []
+    for i in range(len(ranks)):
+        j = max(j for j in range(len(ranks)) if ranks[j] - ranks[i] <= cd)
+        if j > i and not any(a <= i and j <= b for a, b in cliques):
+            cliques.append((i, j))
+    return cliques
+
+
 def cd_diagram(board: Leaderboard, path: Path, alpha: float = 0.05) -> Path | None:
     """Mean ranks over the tasks every model has, with the Nemenyi critical difference; models
-    joined by a bar are not significantly different. None when there are too few tasks."""
+    joined by a grey bar are not significantly different. None when there are too few tasks."""
     try:
         test = board.friedman()
     except ResultsError as error:
@@ -94,48 +108,48 @@ def cd_diagram(board: Leaderboard, path: Path, alpha: float = 0.05) -> Path | No
         return None
     plt = _pyplot()
     cd = board.critical_difference(alpha)
-    order = np.argsort(test.mean_ranks)
+    order = np.argsort(test.mean_ranks, kind="stable")
     names = [test.models[i] for i in order]
-    ranks = [test.mean_ranks[i] for i in order]
+    ranks = [float(test.mean_ranks[i]) for i in order]
     k = len(names)
-    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * k))
-    ax.set_xlim(k + 0.5, 0.5)
-    ax.set_ylim(-(k // 2 + 2.2), 1.8)
+    cliques = _cliques(ranks, cd)
+    half = (k + 1) // 2
+    step = 0.35
+    top = 0.25 * len(cliques) + 0.35
+    bottom = top + step * (half + 0.5)
+    margin = 0.45 * (k - 1) + 0.9
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.45 * (half + len(cliques) / 2)))
+    ax.set_xlim(1 - margin, k + margin)
+    ax.set_ylim(-bottom, 1.0)
     ax.axis("off")
     ax.hlines(0, 1, k, color="black")
     for tick in range(1, k + 1):
-        ax.vlines(tick, 0, 0.15, color="black")
-        ax.text(tick, 0.3, str(tick), ha="center", fontsize=9)
-    ax.hlines(1.2, 1, 1 + cd, color="black", linewidth=2)
-    ax.text(1 + cd / 2, 1.4, f"CD = {cd:.2f}", ha="center", fontsize=9)
-    half = (k + 1) // 2
+        ax.vlines(tick, 0, 0.1, color="black")
+        ax.text(tick, 0.18, str(tick), ha="center", fontsize=9)
+    ax.hlines(0.75, 1, 1 + cd, color="black", linewidth=2)
+    ax.vlines([1, 1 + cd], 0.7, 0.8, color="black")
+    ax.text(1 + cd / 2, 0.85, f"CD = {cd:.2f}", ha="center", fontsize=9)
+    for level, (a, b) in enumerate(cliques, start=1):
+        ax.hlines(-0.25 * level, ranks[a] - 0.03, ranks[b] + 0.03, linewidth=5, color="0.55")
     for index, (name, rank) in enumerate(zip(names, ranks, strict=True)):
         left = index < half
-        depth = -(index + 1) * 0.5 if left else -(k - index) * 0.5
-        edge = 0.6 if left else k + 0.4
+        depth = -(top + step * ((index if left else k - 1 - index) + 1))
+        edge = 1 - 0.25 if left else k + 0.25
         ax.plot([rank, rank, edge], [0, depth, depth], color="black", linewidth=1)
         ax.text(
-            edge + (0.1 if left else -0.1),
+            edge + (-0.08 if left else 0.08),
             depth,
             f"{name} ({rank:.2f})",
             ha="right" if left else "left",
             va="center",
             fontsize=9,
         )
-    cliques: list[tuple[int, int]] = []
-    for i in range(k):
-        j = max(j for j in range(k) if ranks[j] - ranks[i] <= cd)
-        if j > i and not any(a <= i and j <= b for a, b in cliques):
-            cliques.append((i, j))
-    for level, (a, b) in enumerate(cliques, start=1):
-        ax.hlines(-0.12 - 0.14 * level, ranks[a] - 0.05, ranks[b] + 0.05, linewidth=4, color="0.3")
     ax.set_title(
-        f"Mean rank over {test.n_tasks} tasks (Friedman p = {test.p_value:.2g}; Nemenyi "
-        f"alpha = {alpha})",
-        fontsize=10,
+        f"Mean rank over the {test.n_tasks} tasks all {k} models have (1 = best); Friedman "
+        f"p = {test.p_value:.2g}; grey bars: no significant difference (Nemenyi, alpha {alpha})",
+        fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -160,7 +174,18 @@ def task_bars(board: Leaderboard, path: Path) -> Path:
             ]
         ).T
         ax.bar(range(len(models)), values, color=[colours[i % 10] for i in range(len(models))])
-        ax.errorbar(range(len(models)), values, yerr=errors, fmt="none", ecolor="black", capsize=3)
+        known = [
+            i for i, (lo, hi) in enumerate(intervals) if math.isfinite(lo) and math.isfinite(hi)
+        ]
+        if known:
+            ax.errorbar(
+                known,
+                [values[i] for i in known],
+                yerr=errors[:, known],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
         finite = [v for v in values if math.isfinite(v)]
         lows = [lo for lo, _ in intervals if math.isfinite(lo)]
         bottom = min(finite + lows) if finite else 0.0

@@ -185,6 +185,7 @@ def make_synthetic_benchmark(
             label={"classes": list(SLIDE_CLASSES)},
             split={"kind": "ratio", "ratios": [0.6, 0.2, 0.2]},
             head={"name": "abmil", "options": small_mil, "train": train},
+            metrics={"bootstrap": bootstrap},
         )
     )
 
@@ -216,6 +217,7 @@ def make_synthetic_benchmark(
             "log-hazard 1.2 z carried by every tile",
             split={"kind": "kfold", "folds": 3},
             head={"name": "abmil", "options": small_mil, "train": train},
+            metrics={"bootstrap": bootstrap},
         )
     )
 
@@ -249,9 +251,7 @@ def make_synthetic_benchmark(
                 "4 classes, class mean + noise; official train/test, validation carved",
                 label={"classes": list(ROI_CLASSES)},
                 split={"kind": "official"},
-                metrics={"bootstrap": bootstrap}
-                if task_type == "roi_classification"
-                else {"bootstrap": 0},
+                metrics={"bootstrap": bootstrap},
             )
         )
 
