@@ -93,8 +93,8 @@ def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
         missing = [c for c in columns if c not in header]
         if missing:
             raise LabelFileError(
-                f"{path}: missing column(s) {missing} (it has {header}); add them or set the "
-                "spec's [label] column names"
+                f"{path}: missing column(s) {missing} (it has {header}); add them, or change "
+                "the spec's [label] column names or its split.kind"
             )
         rows = list(reader)
     if not rows:

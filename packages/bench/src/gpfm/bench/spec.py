@@ -189,7 +189,7 @@ _TOP = {"name", "type", "panel", "description", *_SECTIONS}
 
 def _unknown(source: str, where: str, key: str, allowed: set[str]) -> SpecError:
     close = difflib.get_close_matches(key, sorted(allowed), n=1)
-    hint = f"; did you mean `{close[0]}`?" if close else f"; allowed: {sorted(allowed)}"
+    hint = f"; did you mean `{where}{close[0]}`?" if close else f"; allowed: {sorted(allowed)}"
     return SpecError(f"{source}: unknown field `{where}{key}`{hint}")
 
 

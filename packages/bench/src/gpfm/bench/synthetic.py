@@ -172,8 +172,12 @@ def make_synthetic_benchmark(
     ids = [f"slide-{i:03d}" for i in range(n_slides)]
     patients = [f"patient-{i // 2 if i < n_slides // 3 else i:03d}" for i in range(n_slides)]
     _write_slides(root, coder, signals, ids)
+    # A split column too (the spec splits by ratio; set split.kind = "official" to use it).
+    by_patient = dict(
+        zip(sorted(set(patients)), _splits(rng, len(set(patients)), (0.6, 0.2, 0.2)), strict=True)
+    )
     rows = [
-        {"slide_id": s, "patient_id": p, "label": SLIDE_CLASSES[y]}
+        {"slide_id": s, "patient_id": p, "label": SLIDE_CLASSES[y], "split": by_patient[p]}
         for s, p, y in zip(ids, patients, labels, strict=True)
     ]
     _write_csv(root / "labels.csv", rows)
@@ -192,6 +196,7 @@ def make_synthetic_benchmark(
     # Survival: per patient, every tile carries the risk z; exponential times, censoring.
     root = data / "synthetic-survival"
     rows = []
+    survival_split = _splits(rng, n_patients_survival, (0.6, 0.2, 0.2))
     for patient in range(n_patients_survival):
         z = rng.normal()
         event_time = rng.exponential(24.0 / np.exp(1.2 * z))
@@ -207,6 +212,7 @@ def make_synthetic_benchmark(
                     "patient_id": f"case-{patient:03d}",
                     "time": round(float(min(event_time, censor_time)), 3),
                     "event": int(event_time <= censor_time),
+                    "split": survival_split[patient],
                 }
             )
     _write_csv(root / "labels.csv", rows)
