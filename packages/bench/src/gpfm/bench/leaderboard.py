@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpfm.bench.errors import ResultsError
+from gpfm.bench.errors import ResultsError, SpecError
+from gpfm.bench.registry import list_tasks
 from gpfm.bench.results import TaskResult, find_results
+from gpfm.bench.spec import TaskSpec
 from gpfm.bench.stats import (
     FriedmanResult,
     PairwiseTest,
@@ -25,6 +28,8 @@ from gpfm.bench.stats import (
     rank_models,
     wilcoxon_holm,
 )
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ("rank", "model", "mean_rank", "firsts", "mean_metric", "tasks", "missing")
 
@@ -114,6 +119,14 @@ class Leaderboard:
         return "\n".join([title, *lines])
 
 
+def _known_tasks() -> list[TaskSpec]:
+    try:
+        return list_tasks()
+    except SpecError as error:  # e.g. a bad file in $GPFM_BENCH_TASKS: order by name instead
+        logger.warning("tasks ordered by name: %s", error)
+        return []
+
+
 def leaderboard(results_dir: str | Path, *, protocol: str | None = None) -> Leaderboard:
     """Rank the encoders whose ``results.json`` files lie under ``results_dir``.
 
@@ -164,6 +177,13 @@ def leaderboard(results_dir: str | Path, *, protocol: str | None = None) -> Lead
             f"{results_dir}: some tasks' primary metrics are better higher and some lower; "
             "rank them separately"
         )
+    # Tasks in the registry's order (the paper's, then the user's), grouped by panel.
+    order = {spec.name: index for index, spec in enumerate(_known_tasks())}
+    first_of_panel: dict[str, int] = {}
+    for task in sorted(tasks, key=lambda t: order.get(t, len(order))):
+        first_of_panel.setdefault(tasks[task]["panel"], len(first_of_panel))
+    sort_key = lambda t: (first_of_panel[tasks[t]["panel"]], order.get(t, len(order)), t)  # noqa: E731
+    scores = {task: scores[task] for task in sorted(scores, key=sort_key)}
     ranked = rank_models(scores, higher_is_better=directions != {False})
     rows = [{"model": model, **values} for model, values in ranked.items()]
     return Leaderboard(chosen, rows, scores, intervals, tasks, not_available, results)

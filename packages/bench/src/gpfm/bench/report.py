@@ -13,6 +13,7 @@ import base64
 import html
 import logging
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,8 @@ def _pyplot() -> Any:
 
 
 def _ordered_tasks(board: Leaderboard) -> list[str]:
-    """Tasks grouped by panel (in order of first appearance), then as read."""
-    panels: dict[str, list[str]] = {}
-    for task in board.scores:
-        panels.setdefault(board.tasks[task]["panel"], []).append(task)
-    return [task for tasks in panels.values() for task in tasks]
+    """Tasks grouped by panel (the leaderboard keeps them so: the registry's order)."""
+    return list(board.scores)
 
 
 def rank_heatmap(board: Leaderboard, path: Path) -> Path:
@@ -98,6 +96,15 @@ def _cliques(ranks: list[float], cd: float) -> list[tuple[int, int]]:
     return cliques
 
 
+def _pack(cliques: list[tuple[int, int]]) -> list[int]:
+    """A row (1, 2, ...) for each clique, sharing a row with cliques it does not overlap."""
+    rows: list[int] = []
+    for index, (a, _) in enumerate(cliques):
+        taken = {rows[i] for i, (_, b) in enumerate(cliques[:index]) if b >= a - 1}
+        rows.append(min(set(range(1, len(cliques) + 2)) - taken))
+    return rows
+
+
 def cd_diagram(board: Leaderboard, path: Path, alpha: float = 0.05) -> Path | None:
     """Mean ranks over the tasks every model has, with the Nemenyi critical difference; models
     joined by a grey bar are not significantly different. None when there are too few tasks."""
@@ -113,12 +120,13 @@ def cd_diagram(board: Leaderboard, path: Path, alpha: float = 0.05) -> Path | No
     ranks = [float(test.mean_ranks[i]) for i in order]
     k = len(names)
     cliques = _cliques(ranks, cd)
+    levels = _pack(cliques)
     half = (k + 1) // 2
     step = 0.35
-    top = 0.25 * len(cliques) + 0.35
+    top = 0.25 * max(levels, default=0) + 0.35
     bottom = top + step * (half + 0.5)
     margin = 0.45 * (k - 1) + 0.9
-    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.45 * (half + len(cliques) / 2)))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.45 * (half + max(levels, default=0) / 2)))
     ax.set_xlim(1 - margin, k + margin)
     ax.set_ylim(-bottom, 1.0)
     ax.axis("off")
@@ -129,7 +137,7 @@ def cd_diagram(board: Leaderboard, path: Path, alpha: float = 0.05) -> Path | No
     ax.hlines(0.75, 1, 1 + cd, color="black", linewidth=2)
     ax.vlines([1, 1 + cd], 0.7, 0.8, color="black")
     ax.text(1 + cd / 2, 0.85, f"CD = {cd:.2f}", ha="center", fontsize=9)
-    for level, (a, b) in enumerate(cliques, start=1):
+    for (a, b), level in zip(cliques, levels, strict=True):
         ax.hlines(-0.25 * level, ranks[a] - 0.03, ranks[b] + 0.03, linewidth=5, color="0.55")
     for index, (name, rank) in enumerate(zip(names, ranks, strict=True)):
         left = index < half
@@ -154,52 +162,42 @@ def cd_diagram(board: Leaderboard, path: Path, alpha: float = 0.05) -> Path | No
     return path
 
 
-def task_bars(board: Leaderboard, path: Path) -> Path:
-    """One panel per task: each model's primary metric with its interval."""
+def task_bars(board: Leaderboard, path: Path, tasks_per_row: int = 8) -> Path:
+    """Grouped bars: each task's primary metric per model, with its interval (black lines)."""
     plt = _pyplot()
     tasks, models = _ordered_tasks(board), board.models
-    columns = min(4, len(tasks))
-    rows = math.ceil(len(tasks) / columns)
+    chunks = [tasks[i : i + tasks_per_row] for i in range(0, len(tasks), tasks_per_row)]
     fig, axes = plt.subplots(
-        rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharey=False
+        len(chunks),
+        1,
+        figsize=(2 + 1.5 * min(len(tasks), tasks_per_row), 2.6 * len(chunks) + 0.6),
+        squeeze=False,
     )
-    colours = plt.get_cmap("tab10").colors
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        values = [board.scores[task].get(m, math.nan) for m in models]
-        intervals = [board.intervals[task].get(m, (math.nan, math.nan)) for m in models]
-        errors = np.array(
-            [
-                [v - lo if math.isfinite(lo) else 0.0, hi - v if math.isfinite(hi) else 0.0]
-                for v, (lo, hi) in zip(values, intervals, strict=True)
-            ]
-        ).T
-        ax.bar(range(len(models)), values, color=[colours[i % 10] for i in range(len(models))])
-        known = [
-            i for i, (lo, hi) in enumerate(intervals) if math.isfinite(lo) and math.isfinite(hi)
+    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
+    width = 0.8 / len(models)
+    for ax, chunk in zip(axes[:, 0], chunks, strict=True):
+        for m, model in enumerate(models):
+            x = np.arange(len(chunk)) + (m - (len(models) - 1) / 2) * width
+            values = np.array([board.scores[t].get(model, np.nan) for t in chunk])
+            bounds = np.array([board.intervals[t].get(model, (np.nan, np.nan)) for t in chunk])
+            ax.bar(x, values, width, color=colours[m % len(colours)], label=model)
+            known = np.isfinite(bounds).all(axis=1) & np.isfinite(values)
+            ax.vlines(x[known], bounds[known, 0], bounds[known, 1], color="black", linewidth=0.8)
+        values = [v for t in chunk for v in board.scores[t].values() if math.isfinite(v)]
+        lows = [lo for t in chunk for lo, _ in board.intervals[t].values() if math.isfinite(lo)]
+        if values:
+            ax.set_ylim(max(0.0, min(values + lows) - 0.05), 1.0)
+        labels = [
+            textwrap.fill(t.replace("-", "- "), 16).replace("- ", "-")
+            + f"\n({board.tasks[t]['metric']})"
+            for t in chunk
         ]
-        if known:
-            ax.errorbar(
-                known,
-                [values[i] for i in known],
-                yerr=errors[:, known],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-            )
-        finite = [v for v in values if math.isfinite(v)]
-        lows = [lo for lo, _ in intervals if math.isfinite(lo)]
-        bottom = min(finite + lows) if finite else 0.0
-        ax.set_ylim(
-            max(0.0, bottom - 0.1),
-            min(1.0, max(finite + [hi for _, hi in intervals if math.isfinite(hi)]) + 0.05)
-            if finite
-            else 1.0,
-        )
-        ax.set_xticks(range(len(models)), models, rotation=35, ha="right", fontsize=8)
-        ax.set_title(task, fontsize=9)
-        ax.set_ylabel(board.tasks[task]["metric"], fontsize=8)
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.axis("off")
+        ax.set_xticks(range(len(chunk)), labels, fontsize=7)
+        ax.set_xlim(-0.5, (tasks_per_row if len(chunks) > 1 else len(chunk)) - 0.5)
+        ax.grid(axis="y", linewidth=0.3)
+    axes[0, 0].legend(
+        ncols=min(len(models), 9), fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.02)
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
