@@ -96,6 +96,7 @@ def test_the_report_is_one_self_contained_page_and_markdown(tmp_path):
     assert (tmp_path / "report" / "figures" / "critical_difference.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_the_report_of_the_synthetic_run(ours_results, tmp_path):
     page = write_report(ours_results, tmp_path)
     assert "synthetic-vqa" in page.read_text() and (tmp_path / "report.md").exists()

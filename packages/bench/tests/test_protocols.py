@@ -42,7 +42,8 @@ def test_every_type_runs_end_to_end_and_the_better_encoder_ranks_higher(syntheti
     assert set(board.not_available) == {"synthetic-vqa", "synthetic-report"}
 
 
-def test_the_survival_task_runs_five_style_folds_grouped_by_patient(synthetic, ours_results):
+@pytest.mark.slow
+def test_the_survival_task_runs_its_folds_grouped_by_patient(synthetic, ours_results):
     saved = _result(ours_results, "ours", "good", "synthetic-survival")
     assert [run["fold"] for run in saved["runs"]] == ["fold 0", "fold 1", "fold 2"]
     assert all(

@@ -19,9 +19,11 @@ predictions exist. ``head_seconds`` records the time spent in the heads' trainin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,18 +90,17 @@ class PatientBags(FeatureBagDataset):
         targets: dict[str, np.ndarray] | None,
         names: Sequence[str],
     ) -> None:
-        super().__init__([tuple(f) for f in files], targets, names=names)  # type: ignore[misc]
+        super().__init__([tuple(f) for f in files], targets, names=names)
 
     @property
     def embed_dim(self) -> int:
         """D, read from the first file's header."""
-        if self._embed_dim is None:
-            self._embed_dim = bag_shape(self.bags[0][0])[1]  # type: ignore[index]
-        return self._embed_dim
+        first: tuple[Path, ...] = self.bags[0]
+        return bag_shape(first[0])[1]
 
     def bag(self, index: int) -> torch.Tensor:
         """The (N, D) float32 features of all files of bag ``index``, stacked."""
-        parts = [read_bag(path) for path in self.bags[index]]  # type: ignore[union-attr]
+        parts = [read_bag(path) for path in self.bags[index]]
         return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
 
@@ -159,7 +160,7 @@ def run_mil(
         settings = {"progress": False, **spec.head.train}
         config = TrainConfig(
             task="survival" if survival else "classification",
-            protocol=protocol,  # type: ignore[arg-type]
+            protocol=protocol,
             seed=fold.seed,
             **settings,
         )
@@ -171,18 +172,18 @@ def run_mil(
             train.embed_dim,
             n_outputs,
             protocol=protocol,
-            **spec.head.options,  # type: ignore[arg-type]
+            **spec.head.options,
         )
         start = time.perf_counter()
         result = train_mil(model, train, val, None, config)
         head_seconds = time.perf_counter() - start
         start = time.perf_counter()
         task = "survival" if survival else "classification"
-        predictions = predict(result.model, bags(fold.test, False), task=task)  # type: ignore[arg-type]
+        predictions = predict(result.model, bags(fold.test, False), task=task)
         truth = sealed_test_labels(spec, cohort, fold).open()  # final evaluation from here on
         if survival:
             functions: dict[str, Callable[..., float]] = {"c_index": c_index}
-            arrays = (truth["time"], truth["event"], predictions.risk)
+            arrays: tuple[np.ndarray, ...] = (truth["time"], truth["event"], predictions.risk)
             outputs: dict[str, list[Any]] = {"risk": predictions.risk.tolist()}
         else:
             functions = _metric_fns(protocol, "auc")
@@ -235,7 +236,7 @@ def _fit_roi_probe(
             x[fold.val],
             y[fold.val],
             protocol=protocol,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
         chosen = {"epoch": probe.best_epoch} if protocol == "gpfm" else {"C": probe.C}
         return probe, chosen
@@ -246,13 +247,27 @@ def _fit_roi_probe(
             x[fold.val],
             y[fold.val],
             protocol=protocol,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
         return probe, {"k": probe.k}
     raise SpecError(
         f"{spec.path or spec.name}: `head.name` {spec.head.name!r} is not an ROI classification "
         "head; use 'linear' or 'knn'"
     )
+
+
+@contextlib.contextmanager
+def _quiet_resamples() -> Iterator[None]:
+    """Silence the per-resample notes (a class missing from one resample) of a bootstrap."""
+    metrics_logger = logging.getLogger("gpfm.heads.metrics")
+    level = metrics_logger.level
+    metrics_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        metrics_logger.setLevel(level)
 
 
 def _bootstrap(
@@ -266,9 +281,21 @@ def _bootstrap(
     """Bootstrap intervals of the spec's metrics among ``functions`` on the test ``arrays``:
     ours resamples whole patients (``groups``), gpfm rows with Poisson(1) weights."""
     functions = {k: v for k, v in functions.items() if k in spec.metrics.names}
-    resamples, confidence = spec.metrics.bootstrap, spec.metrics.confidence
-    if resamples < 2 or not functions:
+    if spec.metrics.bootstrap < 2 or not functions:
         return {}
+    with _quiet_resamples():
+        return _resample(spec, protocol, functions, arrays, groups, seed)
+
+
+def _resample(
+    spec: TaskSpec,
+    protocol: str,
+    functions: dict[str, Callable[..., float]],
+    arrays: Sequence[np.ndarray],
+    groups: np.ndarray | None,
+    seed: int,
+) -> dict[str, BootstrapResult]:
+    resamples, confidence = spec.metrics.bootstrap, spec.metrics.confidence
     if protocol == "gpfm":
         try:
             return poisson_bootstrap(

@@ -183,10 +183,10 @@ def task_bars(board: Leaderboard, path: Path, tasks_per_row: int = 8) -> Path:
             ax.bar(x, values, width, color=colours[m % len(colours)], label=model)
             known = np.isfinite(bounds).all(axis=1) & np.isfinite(values)
             ax.vlines(x[known], bounds[known, 0], bounds[known, 1], color="black", linewidth=0.8)
-        values = [v for t in chunk for v in board.scores[t].values() if math.isfinite(v)]
-        lows = [lo for t in chunk for lo, _ in board.intervals[t].values() if math.isfinite(lo)]
-        if values:
-            ax.set_ylim(max(0.0, min(values + lows) - 0.05), 1.0)
+        shown = [v for t in chunk for v in board.scores[t].values() if math.isfinite(v)]
+        shown += [lo for t in chunk for lo, _ in board.intervals[t].values() if math.isfinite(lo)]
+        if shown:
+            ax.set_ylim(max(0.0, min(shown) - 0.05), 1.0)
         labels = [
             textwrap.fill(t.replace("-", "- "), 16).replace("- ", "-")
             + f"\n({board.tasks[t]['metric']})"

@@ -79,7 +79,7 @@ def rank_models(scores: Scores, higher_is_better: bool = True) -> dict[str, dict
             metric[model].append(row[model])
         for model in winners:
             firsts[model] += 1.0 / len(winners)
-    result = {}
+    result: dict[str, dict[str, Any]] = {}
     for model in models:
         missing = [task for task, row in table.items() if model not in row]
         if missing:
@@ -97,7 +97,7 @@ def rank_models(scores: Scores, higher_is_better: bool = True) -> dict[str, dict
             "tasks": len(ranks[model]),
             "missing": missing,
         }
-    return dict(sorted(result.items(), key=lambda item: (item[1]["mean_rank"], -item[1]["firsts"])))
+    return dict(sorted(result.items(), key=lambda item: (item[1]["mean_rank"], -firsts[item[0]])))
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ def make_synthetic_benchmark(
     by_patient = dict(
         zip(sorted(set(patients)), _splits(rng, len(set(patients)), (0.6, 0.2, 0.2)), strict=True)
     )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"slide_id": s, "patient_id": p, "label": SLIDE_CLASSES[y], "split": by_patient[p]}
         for s, p, y in zip(ids, patients, labels, strict=True)
     ]
