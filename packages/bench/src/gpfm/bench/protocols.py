@@ -104,15 +104,9 @@ class PatientBags(FeatureBagDataset):
         return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
 
-def classification_scores(
-    protocol: str, labels: np.ndarray, probabilities: np.ndarray, auc_name: str = "auc"
-) -> dict[str, float]:
-    """AUC, balanced accuracy and macro-F1: scikit-learn's (ours) or torchmetrics 0.10.3's
-    (gpfm; every class in the macro means)."""
-    return {name: fn(labels, probabilities) for name, fn in _metric_fns(protocol, auc_name).items()}
-
-
 def _metric_fns(protocol: str, auc_name: str) -> dict[str, Callable[..., float]]:
+    """AUC, balanced accuracy and macro-F1 of (labels, probabilities): scikit-learn's (ours) or
+    torchmetrics 0.10.3's (gpfm: every class 0..C-1 in the macro means)."""
     if protocol == "gpfm":
         return {
             auc_name: lambda y, p: multiclass_auroc(y, p, num_classes=p.shape[1]),
@@ -189,24 +183,56 @@ def run_mil(
             functions = _metric_fns(protocol, "auc")
             arrays = (truth["label"], predictions.probabilities)
             outputs = {"probabilities": predictions.probabilities.round(6).tolist()}
-        metrics = {name: fn(*arrays) for name, fn in functions.items()}
-        boots = _bootstrap(spec, protocol, functions, arrays, cohort.patients[fold.test], fold.seed)
-        ci = _intervals(protocol, metrics, boots)
         selection = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
         if result.time_bins is not None:
             selection["time_bins"] = result.time_bins.tolist()
-        output.runs.append(
-            _run_record(
-                fold,
-                metrics=_wanted(spec, metrics),
-                ci=ci,
-                selection=selection,
-                head_seconds=head_seconds,
-                eval_seconds=time.perf_counter() - start,
-            )
+        evaluation = _Evaluation(truth, functions, arrays, cohort.patients[fold.test], outputs)
+        _score_and_record(
+            output, spec, protocol, cohort, fold, evaluation, selection, head_seconds, start
         )
-        _add_predictions(output, cohort, fold, truth, outputs)
     return output
+
+
+@dataclass
+class _Evaluation:
+    """A fold's final evaluation: the opened test targets, the metric functions, the arrays
+    they take, the patients of the test rows (for the bootstrap) and the head's outputs."""
+
+    truth: dict[str, np.ndarray]
+    functions: dict[str, Callable[..., float]]
+    arrays: tuple[np.ndarray, ...]
+    groups: np.ndarray | None
+    outputs: dict[str, list[Any]]
+
+
+def _score_and_record(
+    output: ProtocolOutput,
+    spec: TaskSpec,
+    protocol: str,
+    cohort: Cohort,
+    fold: Fold,
+    evaluation: _Evaluation,
+    selection: dict[str, Any],
+    head_seconds: float,
+    started: float,
+) -> None:
+    """Score the test predictions (with bootstrap intervals) and record the run."""
+    metrics = {name: fn(*evaluation.arrays) for name, fn in evaluation.functions.items()}
+    boots = _bootstrap(
+        spec, protocol, evaluation.functions, evaluation.arrays, evaluation.groups, fold.seed
+    )
+    ci = _intervals(protocol, metrics, boots)
+    output.runs.append(
+        _run_record(
+            fold,
+            metrics=_wanted(spec, metrics),
+            ci=ci,
+            selection=selection,
+            head_seconds=head_seconds,
+            eval_seconds=time.perf_counter() - started,
+        )
+    )
+    _add_predictions(output, cohort, fold, evaluation.truth, evaluation.outputs)
 
 
 def _add_predictions(
@@ -349,30 +375,16 @@ def run_roi_classification(
         probabilities = np.zeros((len(fold.test), n_classes))
         probabilities[:, np.asarray(probe.classes)] = probe.predict_proba(x[fold.test])
         truth = sealed_test_labels(spec, cohort, fold).open()  # final evaluation from here on
-        labels = truth["label"]
-        metrics = classification_scores(protocol, labels, probabilities, "macro_auc")
         groups = cohort.patients[fold.test] if by_patient else None
-        boots = _bootstrap(
-            spec,
-            protocol,
+        evaluation = _Evaluation(
+            truth,
             _metric_fns(protocol, "macro_auc"),
-            (labels, probabilities),
+            (truth["label"], probabilities),
             groups,
-            fold.seed,
+            {"probabilities": probabilities.round(6).tolist()},
         )
-        ci = _intervals(protocol, metrics, boots)
-        output.runs.append(
-            _run_record(
-                fold,
-                metrics=_wanted(spec, metrics),
-                ci=ci,
-                selection=selection,
-                head_seconds=head_seconds,
-                eval_seconds=time.perf_counter() - start,
-            )
-        )
-        _add_predictions(
-            output, cohort, fold, truth, {"probabilities": probabilities.round(6).tolist()}
+        _score_and_record(
+            output, spec, protocol, cohort, fold, evaluation, selection, head_seconds, start
         )
     return output
 
@@ -438,7 +450,6 @@ __all__ = [
     "RUNNERS",
     "PatientBags",
     "ProtocolOutput",
-    "classification_scores",
     "run_mil",
     "run_roi_classification",
     "run_roi_retrieval",

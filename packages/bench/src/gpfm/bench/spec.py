@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from gpfm.bench.errors import SpecError
 from gpfm.heads import TrainConfig
@@ -28,14 +28,7 @@ TaskType = Literal[
     "vqa",
     "report_generation",
 ]
-TASK_TYPES: tuple[str, ...] = (
-    "slide_classification",
-    "survival",
-    "roi_classification",
-    "roi_retrieval",
-    "vqa",
-    "report_generation",
-)
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 SPLIT_KINDS = ("official", "kfold", "ratio")
 
 # Metrics each type can report, the primary first (what ranks models by default).
