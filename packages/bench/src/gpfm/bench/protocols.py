@@ -307,35 +307,30 @@ def _bootstrap(
     """Bootstrap intervals of the spec's metrics among ``functions`` on the test ``arrays``:
     ours resamples whole patients (``groups``), gpfm rows with Poisson(1) weights."""
     functions = {k: v for k, v in functions.items() if k in spec.metrics.names}
-    if spec.metrics.bootstrap < 2 or not functions:
-        return {}
-    with _quiet_resamples():
-        return _resample(spec, protocol, functions, arrays, groups, seed)
-
-
-def _resample(
-    spec: TaskSpec,
-    protocol: str,
-    functions: dict[str, Callable[..., float]],
-    arrays: Sequence[np.ndarray],
-    groups: np.ndarray | None,
-    seed: int,
-) -> dict[str, BootstrapResult]:
     resamples, confidence = spec.metrics.bootstrap, spec.metrics.confidence
+    if resamples < 2 or not functions:
+        return {}
     if protocol == "gpfm":
         try:
-            return poisson_bootstrap(
-                functions, *arrays, n_resamples=resamples, seed=seed, confidence=confidence
-            )
+            with _quiet_resamples():
+                return poisson_bootstrap(
+                    functions, *arrays, n_resamples=resamples, seed=seed, confidence=confidence
+                )
         except HeadsError as error:
             logger.warning("%s: no bootstrap intervals (%s)", spec.name, error)
             return {}
     results = {}
     for name, fn in functions.items():
         try:
-            results[name] = bootstrap_ci(
-                fn, *arrays, groups=groups, n_resamples=resamples, confidence=confidence, seed=seed
-            )
+            with _quiet_resamples():
+                results[name] = bootstrap_ci(
+                    fn,
+                    *arrays,
+                    groups=groups,
+                    n_resamples=resamples,
+                    confidence=confidence,
+                    seed=seed,
+                )
         except HeadsError as error:  # e.g. too few patients for resamples with every class
             logger.warning("%s: no bootstrap interval of %s (%s)", spec.name, name, error)
     return results
