@@ -60,7 +60,7 @@ def test_the_papers_protocol_end_to_end(synthetic, tmp_path, task_type):
     spec = _spec(synthetic, task_type)
     root = synthetic.data_roots[spec.name]
     overrides = (
-        {"head": {"options": {"epochs": 300}}} if task_type == "roi_classification" else None
+        {"head": {"options": {"epochs": 100}}} if task_type == "roi_classification" else None
     )
     good, poor = (
         run_task(spec, e, root, tmp_path, protocol="gpfm", overrides=overrides)
