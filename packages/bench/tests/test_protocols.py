@@ -220,3 +220,16 @@ def test_scrambled_test_labels_change_nothing_but_the_test_metrics(synthetic, tm
     assert [p[output] for p in honest.predictions] == [p[output] for p in other.predictions]
     truth = "time" if task_type == "survival" else "label"
     assert [p[truth] for p in honest.predictions] != [p[truth] for p in other.predictions]
+
+
+def test_runs_of_different_mixed_precision_follow_each_other_in_one_process(synthetic, tmp_path):
+    # On a GPU the protocols differ (ours: bf16 autocast; gpfm: full precision); Accelerate
+    # keeps one precision per process, so the bench resets it between such runs.
+    spec = _spec(synthetic, "slide_classification")
+    root = synthetic.data_roots[spec.name]
+    for index, precision in enumerate(("bf16", "no")):
+        overrides = {"head": {"train": {"epochs": 1, "mixed_precision": precision}}}
+        result = run_task(
+            spec, "fair", root, tmp_path / str(index), protocol="ours", overrides=overrides
+        )
+        assert result.status == "done"

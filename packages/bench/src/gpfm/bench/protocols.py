@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from gpfm.bench.data import Cohort, read_roi_features, roi_feature_path, slide_feature_path
-from gpfm.bench.errors import SpecError
+from gpfm.bench.errors import BenchError, SpecError
 from gpfm.bench.spec import TaskSpec
 from gpfm.bench.splits import Fold, sealed_test_labels
 from gpfm.heads import (
@@ -60,6 +60,7 @@ from gpfm.heads.metrics import (
     multiclass_f1,
     poisson_bootstrap,
 )
+from gpfm.heads.training import resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,33 @@ def _run_record(fold: Fold, **values: Any) -> dict[str, Any]:
     return record | values
 
 
+def _allow_precision(config: TrainConfig) -> None:
+    """Let a run use another mixed precision than the previous run of this process.
+
+    Accelerate keeps one precision per process, and the two protocols differ (ours: bf16 on a
+    GPU; gpfm: full precision). In a single process the state is reset between such runs; under
+    ``accelerate launch`` with several processes it cannot be, and an error says what to do.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not AcceleratorState._shared_state:
+        return
+    cuda = torch.cuda.is_available() and not config.cpu
+    wanted = resolve_mixed_precision(
+        config.mixed_precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
+    )
+    if str(AcceleratorState().mixed_precision) == wanted:
+        return
+    if PartialState().num_processes > 1:
+        raise BenchError(
+            f"this run needs mixed_precision={wanted!r} but the processes were launched with "
+            f"{AcceleratorState().mixed_precision!r}; set head.train.mixed_precision to one value "
+            "for every task of the launch, or run each protocol in its own launch"
+        )
+    logger.info("mixed precision %s -> %s for this run", AcceleratorState().mixed_precision, wanted)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def run_mil(
     spec: TaskSpec,
     cohort: Cohort,
@@ -168,6 +196,7 @@ def run_mil(
             protocol=protocol,
             **spec.head.options,
         )
+        _allow_precision(config)
         start = time.perf_counter()
         result = train_mil(model, train, val, None, config)
         head_seconds = time.perf_counter() - start
