@@ -24,7 +24,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,11 @@ def run_mil(
             functions = _metric_fns(protocol, "auc")
             arrays = (truth["label"], predictions.probabilities)
             outputs = {"probabilities": predictions.probabilities.round(6).tolist()}
-        selection = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+        selection: dict[str, Any] = {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "settings": asdict(config),  # the protocol's training settings, resolved
+        }
         if result.time_bins is not None:
             selection["time_bins"] = result.time_bins.tolist()
         evaluation = _Evaluation(truth, functions, arrays, cohort.patients[fold.test], outputs)

@@ -204,6 +204,19 @@ def task_bars(board: Leaderboard, path: Path, tasks_per_row: int = 8) -> Path:
     return path
 
 
+_SHOWN_SETTINGS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "patience",
+    "min_epochs",
+    "monitor",
+    "n_bins",
+    "mixed_precision",
+)
+
+
 def _settings_rows(board: Leaderboard) -> list[list[str]]:
     rows = [["task", "type", "panel", "head", "training settings", "split", "primary metric"]]
     seen = set()
@@ -216,6 +229,9 @@ def _settings_rows(board: Leaderboard) -> list[list[str]]:
         how = split["kind"] + (f" {split['folds']} folds" if split["kind"] == "kfold" else "")
         how += f", seeds {split['seeds']}"
         train = ", ".join(f"{k}={v}" for k, v in spec["head"]["train"].items()) or "protocol's"
+        resolved = (result.runs[0].get("selection", {}) if result.runs else {}).get("settings")
+        if resolved:  # what the protocol made of them
+            train = ", ".join(f"{k}={resolved[k]}" for k in _SHOWN_SETTINGS if k in resolved)
         head = spec["head"]["name"] + "".join(
             f" {k}={v}" for k, v in spec["head"]["options"].items()
         )
