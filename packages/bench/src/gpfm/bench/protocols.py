@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from gpfm.bench.errors import BenchError, SpecError
 from gpfm.bench.spec import TaskSpec
 from gpfm.bench.splits import Fold, sealed_test_labels
 from gpfm.heads import (
+    EvalProtocol,
     FeatureBagDataset,
     HeadsError,
     TrainConfig,
@@ -91,18 +92,23 @@ class PatientBags(FeatureBagDataset):
         targets: dict[str, np.ndarray] | None,
         names: Sequence[str],
     ) -> None:
-        super().__init__([tuple(f) for f in files], targets, names=names)
+        self.patient_files = [tuple(f) for f in files]
+        super().__init__([f[0] for f in self.patient_files], targets, names=names)
 
     @property
     def embed_dim(self) -> int:
         """D, read from the first file's header."""
-        first: tuple[Path, ...] = self.bags[0]
-        return bag_shape(first[0])[1]
+        return bag_shape(self.patient_files[0][0])[1]
 
     def bag(self, index: int) -> torch.Tensor:
         """The (N, D) float32 features of all files of bag ``index``, stacked."""
-        parts = [read_bag(path) for path in self.bags[index]]
+        parts = [read_bag(path) for path in self.patient_files[index]]
         return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
+
+
+def _heads_protocol(protocol: str) -> EvalProtocol:
+    """gpfm-heads' name of a bench protocol: ``gpfm``, or ours (``ours`` and ``uni``)."""
+    return "gpfm" if protocol == "gpfm" else "ours"
 
 
 def _metric_fns(protocol: str, auc_name: str) -> dict[str, Callable[..., float]]:
@@ -169,6 +175,8 @@ def run_mil(
 ) -> ProtocolOutput:
     """Slide classification or survival with a MIL head (see the module docstring)."""
     survival = spec.type == "survival"
+    heads_protocol = _heads_protocol(protocol)
+    task: Literal["classification", "survival"] = "survival" if survival else "classification"
     files = [
         [slide_feature_path(data_root, encoder, s) for s in members] for members in cohort.members
     ]
@@ -181,8 +189,8 @@ def run_mil(
     for fold in folds:
         settings = {"progress": False, **spec.head.train}
         config = TrainConfig(
-            task="survival" if survival else "classification",
-            protocol=protocol,
+            task=task,
+            protocol=heads_protocol,
             seed=fold.seed,
             **settings,
         )
@@ -193,7 +201,7 @@ def run_mil(
             spec.head.name,
             train.embed_dim,
             n_outputs,
-            protocol=protocol,
+            protocol=heads_protocol,
             **spec.head.options,
         )
         _allow_precision(config)
@@ -201,7 +209,6 @@ def run_mil(
         result = train_mil(model, train, val, None, config)
         head_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        task = "survival" if survival else "classification"
         predictions = predict(result.model, bags(fold.test, False), task=task)
         truth = sealed_test_labels(spec, cohort, fold).open()  # final evaluation from here on
         if survival:
@@ -286,29 +293,24 @@ def _fit_roi_probe(
     spec: TaskSpec, protocol: str, x: np.ndarray, y: np.ndarray, fold: Fold
 ) -> tuple[Any, dict[str, Any]]:
     options = dict(spec.head.options)
+    train, val = (x[fold.train], y[fold.train]), (x[fold.val], y[fold.val])
     if spec.head.name == "linear":
         if protocol == "gpfm":
             options.setdefault("seed", fold.seed)
-        probe = fit_linear_probe(
-            x[fold.train],
-            y[fold.train],
-            x[fold.val],
-            y[fold.val],
-            protocol=protocol,
-            **options,
-        )
-        chosen = {"epoch": probe.best_epoch} if protocol == "gpfm" else {"C": probe.C}
-        return probe, chosen
+            torch_probe = fit_linear_probe(*train, *val, protocol="gpfm", **options)
+            return torch_probe, {"epoch": torch_probe.best_epoch}
+        probe = fit_linear_probe(*train, *val, protocol="ours", **options)
+        return probe, {"C": probe.C}
     if spec.head.name == "knn":
-        probe = fit_knn_probe(
+        knn = fit_knn_probe(
             x[fold.train],
             y[fold.train],
             x[fold.val],
             y[fold.val],
-            protocol=protocol,
+            protocol=_heads_protocol(protocol),
             **options,
         )
-        return probe, {"k": probe.k}
+        return knn, {"k": knn.k}
     raise SpecError(
         f"{spec.path or spec.name}: `head.name` {spec.head.name!r} is not an ROI classification "
         "head; use 'linear' or 'knn'"
