@@ -283,14 +283,16 @@ def test_accelerate_launch_two_processes_write_the_files_of_one(slides_dir, tiny
     single = tmp_path / "single"
     assert _run_cli([*args, "--out", str(single)]).wait() == 0
     launched = tmp_path / "launched"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # accelerate's --cpu starts several processes only through mpirun; its torchrun launcher
+    # (--multi_gpu) starts them without it, here on the CPU (no GPU visible).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+         "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          "-m", "gpfm.apps.extract", *args, "--out", str(launched), "--no-progress"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert _outputs(launched) == _outputs(single)
     processes = {r["slide_id"]: r["process"] for r in manifest(launched)}
-    assert sorted(processes.values()) == [0, 1]
+    assert sorted(processes.values()) == [0, 1]  # each process did one slide
