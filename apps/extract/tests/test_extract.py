@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,15 @@ from PIL import Image
 from gpfm.apps.extract import extract, find_slides
 from gpfm.apps.extract.__main__ import main
 from gpfm.apps.extract.inputs import InputError
+from gpfm.apps.extract.pipeline import PixelTable
 from gpfm.backbone import load_encoder
+from gpfm.backbone.zoo import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Preprocessing,
+)
 from gpfm.heads import read_features
 from gpfm.slide import open_slide, read_coords, read_tile
 from gpfm.slide.reader import TileReader
@@ -296,3 +305,22 @@ def test_accelerate_launch_two_processes_write_the_files_of_one(slides_dir, tiny
     assert _outputs(launched) == _outputs(single)
     processes = {r["slide_id"]: r["process"] for r in manifest(launched)}
     assert sorted(processes.values()) == [0, 1]  # each process did one slide
+
+
+@pytest.mark.parametrize(
+    ("resize", "crop", "mean", "std", "exact"),
+    [
+        ((224, 224), None, IMAGENET_MEAN, IMAGENET_STD, True),
+        (224, 224, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, True),
+        (256, 224, IMAGENET_MEAN, IMAGENET_STD, False),  # resizes: no table
+    ],
+)
+def test_pixel_table_is_the_transform_bit_for_bit(resize, crop, mean, std, exact):
+    transform = Preprocessing(resize, crop, mean, std, "bicubic").transform()
+    encoder = SimpleNamespace(transform=transform)
+    table = PixelTable.for_encoder(encoder, 224)
+    assert (table is not None) == exact
+    if table is not None:
+        pixels = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+        expected = torch.stack([transform(tile) for tile in pixels])
+        assert torch.equal(table(pixels), expected)

@@ -32,6 +32,49 @@ def transformed(encoder: Encoder, tiles: Tensor) -> Tensor:
     return batch.as_subclass(Tensor)
 
 
+class PixelTable:
+    """``encoder.transform`` as a per-channel lookup table, for tiles it does not resize.
+
+    When the resize and crop leave a tile of the model's input size as it is, what remains
+    (scale to [0, 1], normalise) maps each channel's 0-255 value to one float: a table of
+    3 x 256 values, made by the transform itself and so bit-identical to it, replaces several
+    passes over the batch by one lookup. ``for_encoder`` returns None when the transform does
+    more than that (or when a probe batch does not come out identical).
+    """
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table  # (3, 256) float32
+
+    @classmethod
+    def for_encoder(cls, encoder: Encoder, tile_size: int) -> PixelTable | None:
+        # Every 0-255 value in every channel, at the tile size, through the real transform.
+        values = np.arange(tile_size * tile_size, dtype=np.int64) % 256
+        probe = np.broadcast_to(
+            values.reshape(tile_size, tile_size).astype(np.uint8), (3, tile_size, tile_size)
+        )
+        try:
+            out = transformed(encoder, torch.from_numpy(probe.copy())[None])
+        except Exception:
+            return None
+        if out.shape != (1, 3, tile_size, tile_size) or out.dtype != torch.float32:
+            return None
+        flat = out[0].reshape(3, -1).numpy()
+        table = cls(np.ascontiguousarray(flat[:, :256]))
+        # Elementwise only if every pixel of a value got that value's number.
+        expected = table.table[:, values]
+        if tile_size * tile_size < 256 or not np.array_equal(flat, expected):
+            return None
+        return table
+
+    def __call__(self, pixels: np.ndarray) -> Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, as the transform gives it."""
+        planes = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        out = np.empty(planes.shape, np.float32)
+        for channel in range(3):
+            out[:, channel] = self.table[channel][planes[:, channel]]
+        return torch.from_numpy(out)
+
+
 def _preprocessing_key(encoder: Encoder) -> object:
     preprocessing = getattr(encoder, "preprocessing", None)
     return preprocessing if preprocessing is not None else id(encoder)
@@ -59,6 +102,8 @@ class _Producer(threading.Thread):
         self.groups: dict[object, Encoder] = {}
         for encoder in encoders:
             self.groups.setdefault(_preprocessing_key(encoder), encoder)
+        size = reader.tiles.patch_size
+        self.tables = {key: PixelTable.for_encoder(e, size) for key, e in self.groups.items()}
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -73,7 +118,9 @@ class _Producer(threading.Thread):
         tiles = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         inputs = {}
         for key, encoder in self.groups.items():
-            batch = transformed(encoder, tiles).contiguous()
+            table = self.tables[key]
+            batch = table(pixels) if table is not None else transformed(encoder, tiles)
+            batch = batch.contiguous()
             inputs[key] = batch.pin_memory() if self.pin else batch
         return inputs
 
