@@ -199,8 +199,10 @@ def main() -> None:
             baseline = per_tile_openslide_loop(real, real_tiles.coords, real_tiles.read_size)
             fast = ours(real, real_tiles, args.workers)
             print()
-            print(f"{real.name}: {len(real_tiles)} tiles, read_tiles {fast:.0f} tiles/s, per-tile "
-                  f"loop {baseline:.0f} tiles/s: {fast / baseline:.2f}x  (target >= 3.0)")  # fmt: skip
+            print(
+                f"{real.name}: {len(real_tiles)} tiles, read_tiles {fast:.0f} tiles/s, per-tile "
+                f"loop {baseline:.0f} tiles/s: {fast / baseline:.2f}x  (target >= 3.0)"
+            )
 
         if not big_size:
             return
