@@ -13,7 +13,7 @@ def _python_blocks(page: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["slide.md", "distill.md", "train.md"])
+@pytest.mark.parametrize("page", ["slide.md", "distill.md", "train.md", "extract.md"])
 def test_docs_example_runs(page, capsys):
     blocks = _python_blocks(DOCS / page)
     assert blocks, f"{page} has no python example"
