@@ -115,13 +115,14 @@ def load_encoders(
             encoders.append(name)
             continue
         try:
-            torch.manual_seed(0)
-            encoder = load_encoder(
-                name,
-                weights=weights.get(name),
-                device=device,
-                random_init=random_init and name not in weights,
-            )
+            with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+                torch.manual_seed(0)
+                encoder = load_encoder(
+                    name,
+                    weights=weights.get(name),
+                    device=device,
+                    random_init=random_init and name not in weights,
+                )
         except UnknownEncoderError:
             raise
         except (BackboneError, OSError, ValueError) as error:
@@ -261,15 +262,17 @@ class _SlideJob:
                 )
             todo = self.pending(tiles)
             mark = time.perf_counter()
-            features = encode_tiles(
-                slide,
-                tiles,
-                todo,
-                batch_size=self.settings.batch_size,
-                num_workers=self.settings.num_workers,
-                precision=self.settings.precision,
-                on_batch=None if self.on_tiles is None else self._progress(len(tiles)),
-            )
+            features: list[np.ndarray] = []
+            if todo:
+                features = encode_tiles(
+                    slide,
+                    tiles,
+                    todo,
+                    batch_size=self.settings.batch_size,
+                    num_workers=self.settings.num_workers,
+                    precision=self.settings.precision,
+                    on_batch=None if self.on_tiles is None else self._progress(len(tiles)),
+                )
             seconds = time.perf_counter() - mark
             self._timed("encode_s", mark)
         mark = time.perf_counter()
@@ -300,17 +303,10 @@ class _SlideJob:
         }
 
     def _progress(self, total: int) -> Callable[[int], None]:
-        done = 0
-        assert self.on_tiles is not None
         on_tiles = self.on_tiles
+        assert on_tiles is not None
         on_tiles(0, total)
-
-        def advance(count: int) -> None:
-            nonlocal done
-            done += count
-            on_tiles(count, total)
-
-        return advance
+        return lambda count: on_tiles(count, total)
 
 
 def _append(manifest: Path, record: dict[str, Any]) -> None:
