@@ -12,7 +12,7 @@ On the tissue tiles (0.5 µm/px, 224 px) of a synthetic JPEG slide:
 
 With ``--cuda`` (where a GPU is): ViT-L/14, bf16, batch 256: end-to-end tiles/s and ÷ model-only.
 
-    python tests/benchmarks/bench_extract.py [--size 6000] [--tiles 192] [--batch 32] [--cuda]
+    python tests/benchmarks/bench_extract.py [--size 10000] [--tiles 192] [--batch 32] [--cuda]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _sync(device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=6000, help="slide side, px")
+    parser.add_argument("--size", type=int, default=10000, help="slide side, px")
     parser.add_argument("--tiles", type=int, default=192, help="tiles through the ViTs")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--cuda", action="store_true", help="the ViT-L/14 bf16 GPU figure")
@@ -136,8 +136,12 @@ def main() -> None:
         n = len(tiles)
         separate = n / s_model + n / ti_model + n / read
 
-        read_all, _ = read_rate(path, all_tiles)
-        mean_e2e = end_to_end_rate(path, all_tiles, [mean], args.batch)
+        # Reading-bound and short: alternate the two and keep each one's best of three, so that
+        # a burst of load from other users of the machine does not decide the ratio.
+        read_all = mean_e2e = 0.0
+        for _ in range(3):
+            read_all = max(read_all, read_rate(path, all_tiles)[0])
+            mean_e2e = max(mean_e2e, end_to_end_rate(path, all_tiles, [mean], args.batch))
 
         print()
         print(f"{'read_tiles':<44}{read:>9.1f} tiles/s")
