@@ -17,7 +17,7 @@ def test_demo_chain_runs_and_writes_its_summary(tmp_path):
     probe = summary["tumour_probe"]
     assert sum(probe["tiles"].values()) == sum(r["tiles"] for r in summary["slides"])
     assert 0.0 <= probe["test_balanced_accuracy"] <= 1.0
-    feature_files = sorted((tmp_path / "features").rglob("*.h5"))
+    feature_files = sorted((tmp_path / "extracted" / "features").rglob("*.h5"))
     assert [p.stem for p in feature_files] == ["synthetic-00", "synthetic-01"]
 
 

@@ -302,19 +302,35 @@ class _TiffPageDecoder:
         if page.photometric == tifffile.PHOTOMETRIC.RGB:
             self._head += _ADOBE_RGB
 
-    def __call__(self, col: int, row: int) -> np.ndarray:
+    @property
+    def page(self) -> Any:
+        """The tifffile page decoded (tile size, image size)."""
+        return self._page
+
+    def stream(self, col: int, row: int) -> bytes | None:
+        """The complete JPEG stream of tile (col, row), or None for a tile never written."""
         page = self._page
         index = row * self._cols + col
         with self._lock:
             offset, count = page.dataoffsets[index], page.databytecounts[index]
-            if count:
-                self._tiff.filehandle.seek(offset)
-                data = self._tiff.filehandle.read(count)
-        if not count:  # a tile the scanner never wrote: glass
-            return np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
+            if not count:
+                return None
+            self._tiff.filehandle.seek(offset)
+            data = self._tiff.filehandle.read(count)
         if data[:2] != b"\xff\xd8":
             raise ValueError(f"tile {index} is not a JPEG stream")
-        segment = simplejpeg.decode_jpeg(self._head + data[2:], colorspace="RGB", strict=True)
+        return self._head + data[2:]
+
+    def close(self) -> None:
+        self._tiff.close()
+
+    def __call__(self, col: int, row: int) -> np.ndarray:
+        page = self._page
+        index = row * self._cols + col
+        jpeg = self.stream(col, row)
+        if jpeg is None:  # a tile the scanner never wrote: glass
+            return np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
+        segment = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", strict=True)
         if segment.shape != (page.tilelength, page.tilewidth, 3):
             raise ValueError(f"tile {index} decodes to {segment.shape}, not the tile size")
         width = min(page.tilewidth, page.imagewidth - col * page.tilewidth)

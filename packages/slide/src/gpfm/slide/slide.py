@@ -108,9 +108,10 @@ class Slide:
         """The whole slide at ``downsample`` level-0 pixels per output pixel, as RGB uint8.
 
         Reads the best pyramid level in blocks of at most ``READ_BLOCK`` x ``READ_BLOCK`` pixels
-        of that level and area-resizes each, so memory stays near the size of the output
-        whatever the slide's size. Output shape: (ceil(H/downsample), ceil(W/downsample), 3).
-        ``band_height`` caps the output rows of a block.
+        of that level and area-resizes each (JPEG tiles two or more times finer than the output
+        are decoded at reduced scale instead: ``gpfm.slide.lowres``), so memory stays near the
+        size of the output whatever the slide's size. Output shape: (ceil(H/downsample),
+        ceil(W/downsample), 3). ``band_height`` caps the output rows of a block.
 
         Raises:
             SlideReadError: pixel data failed to decode, or the slide has no level fine enough
@@ -123,6 +124,13 @@ class Slide:
         level = self.best_level_for_downsample(downsample)
         level_ds = self.level_downsamples[level]
         scale = downsample / level_ds  # level pixels per output pixel
+        if scale >= 2 and self.native_tile_size(level) is not None:
+            # JPEG tiles decode at 1/2-1/8 scale for far less than a full decode.
+            from gpfm.slide.lowres import read_downsampled_jpeg
+
+            reduced = read_downsampled_jpeg(self, level, downsample)
+            if reduced is not None:
+                return reduced
         if scale > READ_BLOCK:
             width, height = self.level_dimensions[level]
             raise SlideReadError(

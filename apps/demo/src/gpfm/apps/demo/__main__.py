@@ -8,8 +8,8 @@
 4. scores the tissue detection against the generator's ground truth;
 5. pretrains a tiny ViT with GPFM's unified distillation (two tiny random experts) on tiles
    sampled from those slides, and exports its teacher;
-6. loads the exported teacher as an encoder, writes every tile's features (HDF5, one file per
-   slide) and fits a linear probe for tumour vs. non-tumour tiles (ground truth from the
+6. extracts every tile's features with the exported teacher through gpfm-extract (HDF5, one
+   file per slide) and fits a linear probe for tumour vs. non-tumour tiles (ground truth from the
    generator), validated and tested on held-out slides;
 and writes ``summary.json``. The benchmark's leaderboard joins when it lands.
 """
@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gpfm.apps.extract import extract
 from gpfm.apps.train.config import load_config
 from gpfm.apps.train.trainer import train
 from gpfm.backbone import load_encoder
-from gpfm.heads import balanced_accuracy, fit_linear_probe, write_features
+from gpfm.heads import balanced_accuracy, fit_linear_probe, read_features
 from gpfm.slide import (
     PatchDataset,
     SyntheticSlide,
@@ -45,7 +45,7 @@ from gpfm.slide import (
     segment_tissue,
 )
 from gpfm.slide.cli import main as slide_cli
-from gpfm.slide.storage import atomic_path, coords_attributes
+from gpfm.slide.storage import atomic_path
 
 logger = logging.getLogger("gpfm.apps.demo")
 
@@ -88,30 +88,21 @@ def tile_tumour_labels(synthetic: SyntheticSlide, tiles: Tiles) -> np.ndarray:
     return synthetic.tumour_mask[rows, cols].astype(np.int64)
 
 
-@torch.no_grad()
 def features_and_probe(
     out: Path, cohort: list[SyntheticSlide], coords_dir: Path, export: Path
 ) -> dict[str, Any]:
-    """Features of every tile with the exported encoder, then a tumour linear probe."""
-    encoder = load_encoder(export)
-    features_dir = out / "features" / encoder.name
+    """Features of every tile with the exported encoder (gpfm-extract), then a tumour probe."""
+    extracted = out / "extracted"
+    summary = extract(
+        [s.path for s in cohort], extracted, [str(export)], coords=coords_dir, progress=True
+    )
+    if not summary.ok:
+        raise RuntimeError(f"feature extraction failed; see {extracted / 'manifest.jsonl'}")
+    features_dir = extracted / "features" / load_encoder(export).name
     per_slide: list[tuple[np.ndarray, np.ndarray]] = []
-    for synthetic in tqdm(cohort, desc="extracting features", unit="slide"):
+    for synthetic in cohort:
         tiles = read_coords(coords_dir / f"{synthetic.path.stem}.h5")
-        dataset = PatchDataset(synthetic.path, tiles, transform=encoder.transform)
-        batches = [encoder(batch) for batch in DataLoader(dataset, batch_size=64)]
-        features = torch.cat(batches).numpy()
-        write_features(
-            features_dir / f"{synthetic.path.stem}.h5",
-            features,
-            tiles.coords,
-            encoder=encoder.name,
-            mpp=tiles.mpp,
-            patch_size=tiles.patch_size,
-            weights_sha256=encoder.weights_sha256,
-            # Where TRIDENT's slide encoders and Patho-Bench look for patch_size_level0.
-            coords_attrs=coords_attributes(tiles),
-        )
+        features = read_features(features_dir / f"{synthetic.path.stem}.h5").features
         per_slide.append((features, tile_tumour_labels(synthetic, tiles)))
     # Held-out slides where there are three or more; else a seeded split of the tiles.
     if len(per_slide) >= 3:
