@@ -3,11 +3,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpfm.apps.train.__main__ import main
 from gpfm.apps.train.config import load_config
 from gpfm.apps.train.tracking import read_metrics
-from gpfm.apps.train.trainer import CollapseError, train
+from gpfm.apps.train.trainer import CollapseError, export_initial_teacher, train
+from gpfm.backbone import load_encoder
 
 PCAM = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "roi" / "pcam-subset-1000"
 # Settings that make any step look collapsed, to test the plumbing in a few steps.
@@ -48,6 +50,16 @@ def test_stop_on_collapse_stops_with_the_message_and_keeps_the_checkpoint(tmp_pa
     assert not (tmp_path / "export").exists()
     assert main(["tiny_cpu", f"output_dir={tmp_path / 'cli'}", *overrides]) == 1
     assert "stop_on_collapse" in capsys.readouterr().err
+
+
+def test_the_initial_teacher_is_the_one_training_starts_from(tmp_path):
+    # The first step's learning rate is 0 (warm-up): one step leaves the weights as they were.
+    config = tiny(tmp_path / "run", "max_steps=1", "checkpoint_every=1")
+    trained = load_encoder(train(config)["export"]).model.state_dict()
+    initial = load_encoder(export_initial_teacher(config, tmp_path / "initial")).model.state_dict()
+    assert trained.keys() == initial.keys()
+    for key in trained:  # equal up to the EMA's rounding (m·w + (1 − m)·w)
+        torch.testing.assert_close(trained[key], initial[key], rtol=1e-6, atol=1e-7)
 
 
 def test_the_paper_config_keeps_the_paper_settings():

@@ -141,6 +141,16 @@ def export_teacher(model: DistillationModel, config: TrainConfig, folder: Path, 
     )
 
 
+def export_initial_teacher(config: TrainConfig, folder: Path) -> Path:
+    """Export the teacher a run of ``config`` starts from, as ``export_teacher`` would.
+
+    Same seed, so the same initial weights as ``train``'s: the baseline to compare a probe of
+    the pretrained encoder with (a pretraining that learned nothing probes the same).
+    """
+    set_seed(config.seed)  # as train() does right before building the model
+    return export_teacher(build_model(config), config, folder, step=0)
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     candidates = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     complete = [p for p in candidates if (p / "COMPLETE").exists()]
