@@ -124,8 +124,9 @@ class DistillationModel(nn.Module):
             raise DistillConfigError(
                 "no teacher outputs kept: set keep_teacher_outputs = True before the forward pass"
             )
-        prototypes = self.teacher["dino_head"].last_layer.weight
-        return collapse_statistics(self.last_teacher_outputs, prototypes)
+        head = self.teacher["dino_head"]
+        assert isinstance(head, DINOHead)
+        return collapse_statistics(self.last_teacher_outputs, head.last_layer.weight)
 
     @torch.no_grad()
     def expert_outputs(self, global_crops: Tensor) -> dict[str, dict[str, Tensor | None]]:

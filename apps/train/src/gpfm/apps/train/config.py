@@ -107,7 +107,7 @@ class TrainConfig:
 
 
 def bundled_configs() -> list[str]:
-    """Names of the configurations shipped with gpfm-train (``tiny_cpu``, ``gpfm_vitl14``)."""
+    """Names of the configurations shipped with gpfm-train (``tiny_cpu``, ``gpfm_vitl14``, ...)."""
     folder = resources.files("gpfm.apps.train") / "configs"
     return sorted(
         p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
