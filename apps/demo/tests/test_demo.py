@@ -12,11 +12,14 @@ def test_demo_chain_runs_and_writes_its_summary(tmp_path):
         assert record["batch_shape"][1:] == [3, 224, 224]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "tiles" / "qc" / "synthetic-00.png").exists()
-    assert summary["pretraining"]["steps"] == 2
+    pretraining = summary["pretraining"]
+    assert pretraining["steps"] == 2 and 0 < pretraining["last_dino_over_ln_k"] <= 1.5
+    assert pretraining["collapse"] is None
     assert (tmp_path / "pretraining" / "export" / "encoder.json").exists()
     probe = summary["tumour_probe"]
     assert sum(probe["tiles"].values()) == sum(r["tiles"] for r in summary["slides"])
     assert 0.0 <= probe["test_balanced_accuracy"] <= 1.0
+    assert 0.0 <= probe["initial_weights_test_balanced_accuracy"] <= 1.0
     feature_files = sorted((tmp_path / "extracted" / "features").rglob("*.h5"))
     assert [p.stem for p in feature_files] == ["synthetic-00", "synthetic-01"]
 
@@ -28,6 +31,7 @@ def test_command_line_prints_one_line_per_slide(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "synthetic-00.tiff" in printed and "tissue IoU" in printed
+    assert "x ln K" in printed
 
 
 def test_tissue_iou():

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gpfm.distill.diagnostics import CollapseStatistics, TeacherOutputs, collapse_statistics
 from gpfm.distill.ema import update_ema
 from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.experts import FrozenExpert
@@ -25,6 +26,10 @@ class DistillationModel(nn.Module):
 
     Every parameter named ``last_layer`` (the prototypes and the expert heads' output layers)
     takes the last-layer learning rate, 0 during the first epoch (``gpfm_schedules``).
+
+    With ``keep_teacher_outputs`` on, each forward pass keeps the teacher's class tokens,
+    logits and targets of the global crops (``last_teacher_outputs``) for
+    ``collapse_statistics``; the loss is the same either way.
 
     Args:
         backbone: the student ViT (copied to make the teacher).
@@ -70,6 +75,8 @@ class DistillationModel(nn.Module):
         self.experts: dict[str, FrozenExpert] = dict(experts)
         self.patch_size = int(backbone.patch_size)  # type: ignore[arg-type]
         self.num_layers = len(backbone.blocks)  # type: ignore[arg-type]
+        self.keep_teacher_outputs = False
+        self.last_teacher_outputs: TeacherOutputs | None = None
 
     def _apply(self, fn: Any, recurse: bool = True) -> DistillationModel:
         super()._apply(fn, recurse)
@@ -102,7 +109,24 @@ class DistillationModel(nn.Module):
         cls_logits = self.teacher["dino_head"](teacher["cls"])
         patch_logits = self._ibot_head(self.teacher)(teacher["patch"][masks])
         cls, patch = self.loss.teacher_targets(cls_logits, patch_logits, teacher_temp)
+        if self.keep_teacher_outputs:
+            kept = TeacherOutputs(teacher["cls"], cls_logits, cls, teacher_temp)
+            self.last_teacher_outputs = kept
         return {"cls": cls, "patch": patch}
+
+    @torch.no_grad()
+    def collapse_statistics(self) -> CollapseStatistics:
+        """Collapse diagnostics of the last forward pass (``gpfm.distill.diagnostics``).
+
+        Needs ``keep_teacher_outputs = True`` before that pass.
+        """
+        if self.last_teacher_outputs is None:
+            raise DistillConfigError(
+                "no teacher outputs kept: set keep_teacher_outputs = True before the forward pass"
+            )
+        head = self.teacher["dino_head"]
+        assert isinstance(head, DINOHead)
+        return collapse_statistics(self.last_teacher_outputs, head.last_layer.weight)
 
     @torch.no_grad()
     def expert_outputs(self, global_crops: Tensor) -> dict[str, dict[str, Tensor | None]]:

@@ -7,10 +7,12 @@
 3. reads every tile back with the fast reader and batches a few through a torch DataLoader;
 4. scores the tissue detection against the generator's ground truth;
 5. pretrains a tiny ViT with GPFM's unified distillation (two tiny random experts) on tiles
-   sampled from those slides, and exports its teacher;
+   sampled from those slides, exports its teacher, and reports the DINO loss ÷ ln K at the end
+   (1.0: the teacher's targets are uniform and nothing is learned) and any collapse;
 6. extracts every tile's features with the exported teacher through gpfm-extract (HDF5, one
    file per slide) and fits a linear probe for tumour vs. non-tumour tiles (ground truth from the
-   generator), validated and tested on held-out slides;
+   generator), validated and tested on held-out slides, next to the same probe on the
+   encoder's initial weights (what pretraining added);
 and writes ``summary.json``. The benchmark's leaderboard joins when it lands.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +34,7 @@ from tqdm import tqdm
 
 from gpfm.apps.extract import extract
 from gpfm.apps.train.config import load_config
-from gpfm.apps.train.trainer import train
+from gpfm.apps.train.trainer import export_initial_teacher, train
 from gpfm.backbone import load_encoder
 from gpfm.heads import balanced_accuracy, fit_linear_probe, read_features
 from gpfm.slide import (
@@ -72,11 +75,17 @@ def pretrain(out: Path, coords_dir: Path, steps: int, seed: int) -> dict[str, An
     )
     result = train(config)
     history = result["history"]
+    initial = export_initial_teacher(config, out / "pretraining" / "initial")
+    ln_k = math.log(config.loss.prototypes)
     return {
         "steps": result["step"],
         "first_total_loss": round(history[0]["loss/total"], 4) if history else None,
         "last_total_loss": round(history[-1]["loss/total"], 4) if history else None,
+        # 1.0 = ln K: the centred teacher targets are uniform, the student learns nothing
+        "last_dino_over_ln_k": round(history[-1]["loss/dino"] / ln_k, 4) if history else None,
+        "collapse": result["collapse"],
         "export": str(result["export"]),
+        "initial_export": str(initial),
     }
 
 
@@ -89,22 +98,44 @@ def tile_tumour_labels(synthetic: SyntheticSlide, tiles: Tiles) -> np.ndarray:
 
 
 def features_and_probe(
-    out: Path, cohort: list[SyntheticSlide], coords_dir: Path, export: Path
+    out: Path,
+    cohort: list[SyntheticSlide],
+    coords_dir: Path,
+    export: Path,
+    initial: Path | None = None,
 ) -> dict[str, Any]:
-    """Features of every tile with the exported encoder (gpfm-extract), then a tumour probe."""
-    extracted = out / "extracted"
+    """Features of every tile with the exported encoder (gpfm-extract), then a tumour linear
+    probe; with ``initial``, the same probe on the features of the encoder's initial weights."""
+    features_dir, per_slide = _extracted(out / "extracted", cohort, coords_dir, export)
+    result: dict[str, Any] = {"features": str(features_dir), **_probe(per_slide)}
+    if initial is not None and "test_balanced_accuracy" in result:
+        _, baseline = _extracted(out / "extracted-initial", cohort, coords_dir, initial)
+        initial_probe = _probe(baseline)
+        result["initial_weights_test_balanced_accuracy"] = initial_probe["test_balanced_accuracy"]
+    return result
+
+
+def _extracted(
+    folder: Path, cohort: list[SyntheticSlide], coords_dir: Path, encoder: Path
+) -> tuple[Path, list[tuple[np.ndarray, np.ndarray]]]:
+    """Every tile's features through gpfm-extract, with each slide's tumour labels."""
     summary = extract(
-        [s.path for s in cohort], extracted, [str(export)], coords=coords_dir, progress=True
+        [s.path for s in cohort], folder, [str(encoder)], coords=coords_dir, progress=True
     )
     if not summary.ok:
-        raise RuntimeError(f"feature extraction failed; see {extracted / 'manifest.jsonl'}")
-    features_dir = extracted / "features" / load_encoder(export).name
-    per_slide: list[tuple[np.ndarray, np.ndarray]] = []
+        raise RuntimeError(f"feature extraction failed; see {folder / 'manifest.jsonl'}")
+    features_dir = folder / "features" / load_encoder(encoder).name
+    per_slide = []
     for synthetic in cohort:
         tiles = read_coords(coords_dir / f"{synthetic.path.stem}.h5")
         features = read_features(features_dir / f"{synthetic.path.stem}.h5").features
         per_slide.append((features, tile_tumour_labels(synthetic, tiles)))
-    # Held-out slides where there are three or more; else a seeded split of the tiles.
+    return features_dir, per_slide
+
+
+def _probe(per_slide: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """A linear probe's test balanced accuracy, on held-out slides where there are three or
+    more, else on a seeded split of the tiles."""
     if len(per_slide) >= 3:
         train = per_slide[:-2]
         x_train = np.concatenate([f for f, _ in train])
@@ -119,7 +150,6 @@ def features_and_probe(
         x_val, y_val = x_all[thirds[1]], y_all[thirds[1]]
         x_test, y_test = x_all[thirds[2]], y_all[thirds[2]]
     result: dict[str, Any] = {
-        "features": str(features_dir),
         "tiles": {"train": len(y_train), "val": len(y_val), "test": len(y_test)},
     }
     if min(len(np.unique(y)) for y in (y_train, y_val, y_test)) < 2:
@@ -172,7 +202,13 @@ def run(
             }
         )
     pretraining = pretrain(out, tiles_dir / "coords", steps=pretrain_steps, seed=seed)
-    probe = features_and_probe(out, cohort, tiles_dir / "coords", Path(pretraining["export"]))
+    probe = features_and_probe(
+        out,
+        cohort,
+        tiles_dir / "coords",
+        Path(pretraining["export"]),
+        initial=Path(pretraining["initial_export"]),
+    )
     summary = {
         "slides": per_slide,
         "pretraining": pretraining,
@@ -203,13 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     pretraining = summary["pretraining"]
     print(
         f"pretraining: {pretraining['steps']} steps, total loss {pretraining['first_total_loss']}"
-        f" -> {pretraining['last_total_loss']}; teacher exported to {pretraining['export']}"
+        f" -> {pretraining['last_total_loss']}; DINO loss at the end "
+        f"{pretraining['last_dino_over_ln_k']:.3f} x ln K (1.0 = uniform targets, nothing "
+        f"learned); teacher exported to {pretraining['export']}"
     )
+    if pretraining["collapse"]:
+        print(f"pretraining collapsed: {pretraining['collapse']}")
     probe = summary["tumour_probe"]
     if "test_balanced_accuracy" in probe:
         print(
-            f"tumour probe on the pretrained encoder's features: balanced accuracy "
-            f"{probe['test_balanced_accuracy']:.3f} on held-out tiles ({probe['tiles']})"
+            f"tumour probe, balanced accuracy on held-out tiles ({probe['tiles']}): "
+            f"{probe['test_balanced_accuracy']:.3f} with the pretrained encoder, "
+            f"{probe['initial_weights_test_balanced_accuracy']:.3f} with its initial weights "
+            "(a few steps at toy scale: expect little difference)"
         )
     else:
         print(f"tumour probe skipped: {probe['skipped']}")

@@ -4,9 +4,11 @@
     gpfm-train CONFIG --dry-run [key=value ...]             # check and count, run nothing
     accelerate launch -m gpfm.apps.train CONFIG [key=value ...]   # several GPUs or nodes
 
-CONFIG is a YAML file or a bundled configuration: ``tiny_cpu`` (seconds on a CPU) or
-``gpfm_vitl14`` (the paper's recipe). Overrides use dotted keys, e.g. ``max_steps=100
-data.batch_size_per_device=32 experts.0.weights=/models/uni.bin``. Outputs in ``output_dir``:
+CONFIG is a YAML file or a bundled configuration: ``tiny_cpu`` (seconds on a CPU),
+``small_patches`` (a folder of real patches on a CPU) or ``gpfm_vitl14`` (the paper's
+recipe). Overrides use dotted keys, e.g. ``max_steps=100 data.batch_size_per_device=32
+experts.0.weights=/models/uni.bin``. A collapse of the self-distillation is reported in words
+(``stop_on_collapse=true`` stops there). Outputs in ``output_dir``:
 ``config.yaml`` (resolved), ``logs/`` (TensorBoard and metrics.csv), ``checkpoints/step_N``
 (resumed from automatically) and ``export/`` (the teacher backbone as an encoder).
 """

@@ -72,6 +72,17 @@ class OptimSettings:
 
 
 @dataclass
+class CollapseSettings:
+    """When gpfm-train calls self-distillation collapsed (``gpfm.distill.CollapseDetector``)."""
+
+    check: bool = True  # compute the diagnostics every log_every steps and watch them
+    patience_steps: int = 100  # how long the collapse must last before the warning
+    start_step: int | None = None  # first step watched; None: the teacher temp's warm-up end
+    uniform_tolerance: float = 0.01  # centred teacher entropy >= (1 - this) x ln K: uniform
+    cosine_threshold: float = 0.999  # teacher head outputs this alike: the same for every image
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/gpfm"
     seed: int = 0
@@ -82,6 +93,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     resume: bool = True
+    stop_on_collapse: bool = False  # stop (keeping the checkpoints) when collapse is detected
+    collapse: CollapseSettings = field(default_factory=CollapseSettings)
     student: StudentConfig = field(default_factory=StudentConfig)
     experts: list[ExpertConfig] = field(default_factory=list)
     # Every setting of the objective (gpfm.distill.LossConfig); its ``experts`` come from
@@ -96,7 +109,7 @@ class TrainConfig:
 
 
 def bundled_configs() -> list[str]:
-    """Names of the configurations shipped with gpfm-train (``tiny_cpu``, ``gpfm_vitl14``)."""
+    """Names of the configurations shipped with gpfm-train (``tiny_cpu``, ``gpfm_vitl14``, ...)."""
     folder = resources.files("gpfm.apps.train") / "configs"
     return sorted(
         p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")

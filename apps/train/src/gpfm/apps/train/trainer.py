@@ -1,5 +1,5 @@
 """The pretraining loop: Accelerate for devices and mixed precision, schedules, EMA teacher,
-checkpoints that resume exactly, trackers, NaN guard and the teacher's export."""
+checkpoints that resume exactly, trackers, NaN guard, collapse watch and the teacher's export."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gpfm.apps.train.collapse import CollapseWatch
 from gpfm.apps.train.config import ExpertConfig, TrainConfig, to_flat_dict, to_yaml
 from gpfm.apps.train.data import (
     EpochSampler,
@@ -47,6 +48,11 @@ CHECKPOINTS_DIR = "checkpoints"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step and term."""
+
+
+class CollapseError(TrainingError):
+    """``stop_on_collapse`` stopped a run whose self-distillation collapsed; the message says
+    what collapsed, since when, and which settings usually cause it."""
 
 
 def schedules_for(config: TrainConfig, global_batch: int) -> PretrainSchedules:
@@ -133,6 +139,16 @@ def export_teacher(model: DistillationModel, config: TrainConfig, folder: Path, 
         architecture=config.student.arch,
         metadata={"step": step, "config": to_flat_dict(config)},
     )
+
+
+def export_initial_teacher(config: TrainConfig, folder: Path) -> Path:
+    """Export the teacher a run of ``config`` starts from, as ``export_teacher`` would.
+
+    Same seed, so the same initial weights as ``train``'s: the baseline to compare a probe of
+    the pretrained encoder with (a pretraining that learned nothing probes the same).
+    """
+    set_seed(config.seed)  # as train() does right before building the model
+    return export_teacher(build_model(config), config, folder, step=0)
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
@@ -241,8 +257,11 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     )
     last_stop = config.max_steps if stop_after is None else min(config.max_steps, step + stop_after)
     batches = _micro_batches(loader, sampler, dataset, start=step * accumulation)
+    watch = CollapseWatch(config, accelerator)
     model.train()
     while step < last_stop:
+        logging_step = (step + 1) % config.log_every == 0 or step + 1 == last_stop
+        unwrapped.keep_teacher_outputs = watch.enabled and logging_step
         started = time.perf_counter()
         scheduled = schedules.at(step)
         apply_schedules(
@@ -274,20 +293,31 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         values = {f"loss/{k}": v for k, v in sums.items()}
         values.update({k: v for k, v in scheduled.items() if k != "last_layer_lr"})
         values["images_per_s"] = global_batch / max(seconds, 1e-9)
+        message = None
+        if unwrapped.keep_teacher_outputs:
+            diagnostics, message = watch.observe(unwrapped, step)
+            values.update(diagnostics)
         history.append({"step": step, **values})
-        if step % config.log_every == 0 or step == last_stop:
+        if logging_step:
             accelerator.log(values, step=step)
         progress.update(1)
         progress.set_postfix(loss=f"{values['loss/total']:.3f}")
+        if message is not None and config.stop_on_collapse:
+            progress.close()
+            accelerator.end_training()
+            latest = _latest_checkpoint(checkpoints)
+            kept = f"the last checkpoint, {latest}, is kept" if latest else "no checkpoint yet"
+            raise CollapseError(f"{message} Training stopped (stop_on_collapse); {kept}.")
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             _save_checkpoint(accelerator, checkpoints, step, config.keep_checkpoints)
     progress.close()
+    unwrapped.keep_teacher_outputs, unwrapped.last_teacher_outputs = False, None
     export = None
     if step >= config.max_steps and accelerator.is_main_process:
         export = export_teacher(unwrapped, config, output / EXPORT_DIR, step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"history": history, "export": export, "step": step}
+    return {"history": history, "export": export, "step": step, "collapse": watch.message}
 
 
 def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
