@@ -356,7 +356,7 @@ class VisionLanguageModel(nn.Module):
             state |= {f"pooler.{k}": v for k, v in self.pooler.state_dict().items()}
         state["image_markers"] = self.image_markers.detach()
         if isinstance(self.llm, PeftModel):
-            lora = get_peft_model_state_dict(self.llm)
+            lora = get_peft_model_state_dict(self.llm, save_embedding_layers=False)
             state |= {f"lora.{k}": v for k, v in lora.items()}
         return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
