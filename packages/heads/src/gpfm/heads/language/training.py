@@ -27,11 +27,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gpfm.heads.errors import HeadsError, InvalidInputError
+from gpfm.heads.errors import InvalidInputError
 from gpfm.heads.features import atomic_path
 from gpfm.heads.language.data import LanguageDataset, LanguageSample, collate_language
 from gpfm.heads.language.model import Stage, VisionLanguageModel
-from gpfm.heads.training import resolve_mixed_precision
+from gpfm.heads.train_config import TrainConfig
+from gpfm.heads.training import make_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +91,8 @@ class LanguageTrainResult:
 
 
 def _accelerator(config: LanguageTrainConfig) -> Accelerator:
-    cuda = torch.cuda.is_available() and not config.cpu
-    precision = resolve_mixed_precision(
-        config.mixed_precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
-    )
-    try:
-        return Accelerator(mixed_precision=precision, cpu=config.cpu)
-    except ValueError as error:
-        raise HeadsError(
-            f"Accelerate is already set up in this process with other settings than "
-            f"mixed_precision={precision!r}, cpu={config.cpu}: use one setting per process "
-            f"({error})"
-        ) from error
+    # The MIL loop's Accelerator: the same device and mixed-precision rules, one state per process.
+    return make_accelerator(TrainConfig(mixed_precision=config.mixed_precision, cpu=config.cpu))
 
 
 def _save_checkpoint(
