@@ -141,9 +141,7 @@ class VisionLanguageModel(nn.Module):
         self.projector = Projector(visual_dim, width, projector_hidden)
         # Learned begin- and end-of-image embeddings around the visual tokens.
         start = embeddings.detach().float().mean(0, keepdim=True).repeat(2, 1)
-        self.image_markers = nn.Parameter(start)
-        self.to(dtype=torch.float32)
-        self.llm.to(dtype=embeddings.dtype)
+        self.image_markers = nn.Parameter(start)  # new parts are float32 whatever the LM's dtype
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 

@@ -155,30 +155,30 @@ def train_language_model(
 
     dataset = LanguageDataset(samples)
     batches_per_epoch = math.ceil(len(dataset) / config.batch_size)
-    steps_per_epoch = max(1, batches_per_epoch // config.grad_accumulation)
+    # The last step of an epoch may accumulate fewer batches.
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accumulation)
     total = config.max_steps if config.max_steps is not None else steps_per_epoch * config.epochs
     rows = _log_rows(log_path, start)
     losses: list[float] = []
-    step, micro, window, began = start, start * config.grad_accumulation, [], time.perf_counter()
+    step, window, began = start, [], time.perf_counter()
     bar = tqdm(total=total, initial=start, desc="training", disable=not config.progress)
     prepared.train()
     while step < total:
-        epoch, skip = divmod(micro, batches_per_epoch)
-        order = torch.randperm(
-            len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch)
-        )
+        epoch, steps_done = divmod(step, steps_per_epoch)
+        skip = steps_done * config.grad_accumulation  # batches of this epoch already trained on
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
         loader = DataLoader(
             dataset,
             batch_size=config.batch_size,
-            sampler=order.tolist()[skip * config.batch_size :],
+            sampler=order[skip * config.batch_size :],
             collate_fn=collate_language,
         )
-        for batch in loader:
+        for position, batch in enumerate(loader, start=skip + 1):
             loss = prepared(batch["features"], batch["prompts"], batch["targets"], batch["mask"])
             accelerator.backward(loss / config.grad_accumulation)
             window.append(float(loss.detach()))
-            micro += 1
-            if micro % config.grad_accumulation and micro % batches_per_epoch:
+            if position % config.grad_accumulation and position != batches_per_epoch:
                 continue
             factor = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
             for group in optimizer.param_groups:
@@ -207,9 +207,6 @@ def train_language_model(
                 _save_checkpoint(checkpoint, model, optimizer, step)
             if step >= total:
                 break
-        else:
-            continue
-        break
     bar.close()
     _save_checkpoint(checkpoint, model, optimizer, step)
     with atomic_path(log_path) as temporary, temporary.open("w", newline="") as handle:
