@@ -82,12 +82,14 @@ def test_smollm2_with_lora_learns_closed_vqa_from_features(smollm2, tmp_path):
     _without_adapters(model)
     reloaded = VisionLanguageModel.load(tmp_path / "run" / "final", llm, tokenizer).eval()
     assert generate_all(reloaded, test, max_new_tokens=2, progress=False) == predictions
+    _without_adapters(reloaded)
 
 
 def _without_adapters(model):
     """The shared base LM, back as it was loaded: the next model adds its own adapters."""
     model.llm = model.llm.unload()
-    del model.llm.peft_config
+    if hasattr(model.llm, "peft_config"):
+        del model.llm.peft_config
 
 
 REPORTS = {
