@@ -44,7 +44,8 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_centres_and_sinkhorn_over_two_processes(tmp_path):
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    # fork: the workers need not import this test module by name (pytest's importlib mode)
+    mp.start_processes(_worker, args=(_free_port(), out), nprocs=2, join=True, start_method="fork")
     results = [torch.load(f"{out}.{rank}") for rank in range(2)]
     (cls0, patches0), (cls1, patches1) = _logits(0), _logits(1)
     # iBOT: each process's mean over its masked patches, averaged (ibot_patch_loss.py:133-147)

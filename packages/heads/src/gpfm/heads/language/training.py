@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -74,7 +74,7 @@ class LanguageTrainConfig:
     max_grad_norm: float | None = 1.0
     save_every: int = 0
     resume: bool = False
-    mixed_precision: str = "auto"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     cpu: bool = False
     seed: int = 0
     progress: bool = True
