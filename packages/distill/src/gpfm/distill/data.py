@@ -11,11 +11,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gpfm.backbone.images import IMAGE_SUFFIXES
 from gpfm.distill.errors import DistillDataError
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 class ImageFileDataset(Dataset[Any]):

@@ -20,6 +20,7 @@ The reference runs one bag at a time; so do these (a padded batch is split into 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 
@@ -49,12 +50,12 @@ def _xavier_init(module: nn.Module) -> None:
             nn.init.constant_(layer.weight, 1.0)
 
 
-class _OneBagAtATime(nn.Module):
+class _OneBagAtATime(nn.Module, abc.ABC):
     """Runs ``forward_bag`` on the real tiles of each bag of a padded batch."""
 
+    @abc.abstractmethod
     def forward_bag(self, tiles: Tensor) -> tuple[Tensor, Tensor]:
         """(N, D) tiles -> logits (C,), attention (N,)."""
-        raise NotImplementedError
 
     def forward(
         self, features: Tensor, mask: Tensor | None = None, target: Tensor | None = None

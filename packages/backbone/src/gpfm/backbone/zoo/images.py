@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,34 +20,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gpfm.backbone.errors import BackboneError
+from gpfm.backbone.images import ImageReadError, image_files
 from gpfm.backbone.zoo.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
 ImageSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | np.ndarray | Image.Image]
-
-
-class ImageReadError(BackboneError, OSError):
-    """An image file that cannot be found or decoded; the message names it."""
-
-
-def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
-    """The image files in ``folder`` (``IMAGE_SUFFIXES``, any case), sorted by path.
-
-    Raises:
-        ImageReadError: no such folder, or no image in it.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ImageReadError(f"{root}: no such folder")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ImageReadError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
 
 
 class _Images(Dataset[Any]):
