@@ -21,7 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import simplejpeg
@@ -39,6 +39,7 @@ _FALLBACK_BLOCK = 512  # block side (level pixels) where the file stores no tile
 _CHUNK = 32  # tiles per unit of thread work
 
 NativeTileFn = Callable[[int, int], np.ndarray]
+T = TypeVar("T")
 
 # An Adobe APP14 marker with transform 0: the stream's three components are R, G and B, as the
 # TIFF's PhotometricInterpretation says, not YCbCr (what libjpeg assumes without a marker).
@@ -283,16 +284,38 @@ class TileReader:
 
         The cheapest way to take many tiles at once (batches for a model): no per-tile copy.
         """
+        return self.map_chunks(_identity)
+
+    def map_chunks(
+        self, function: Callable[[np.ndarray], T], recycle: bool = False
+    ) -> Iterator[tuple[int, T]]:
+        """Yield ``(start, function(tiles))`` for each chunk of ``chunks``, in order, with
+        ``function`` run on the decoding threads, on the tiles while they are in cache.
+
+        Args:
+            function: takes the (n, patch_size, patch_size, 3) uint8 tiles of one chunk (e.g.
+                converts them to a model's input); it runs on several threads at once.
+            recycle: ``function``'s result keeps no reference to the tiles, so their array is
+                written again by a later chunk.
+        """
         total = len(self._chunks)
         window = self.num_workers * self.prefetch
-        pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+        pending: deque[tuple[int, Future[T]]] = deque()
+
+        def work(chunk: int) -> T:
+            regions = self._read_chunk(chunk)
+            result = function(regions)
+            if recycle:
+                self.recycle(regions)
+            return result
+
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="gpfm-tiles") as pool:
             try:
                 submitted = 0
                 while submitted < total or pending:
                     while submitted < total and len(pending) < window:
                         start = self._chunks[submitted][0]
-                        pending.append((start, pool.submit(self._read_chunk, submitted)))
+                        pending.append((start, pool.submit(work, submitted)))
                         submitted += 1
                     start, future = pending.popleft()
                     yield start, future.result()
@@ -304,6 +327,10 @@ class TileReader:
         for start, regions in self.chunks():
             for offset, region in enumerate(regions):
                 yield start + offset, region
+
+
+def _identity(tiles: np.ndarray) -> np.ndarray:
+    return tiles
 
 
 def _level_origin(x: int, y: int, downsample: float) -> tuple[int, int]:
