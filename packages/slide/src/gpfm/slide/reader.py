@@ -123,11 +123,15 @@ class TileReader:
         self._block_buffers: dict[tuple[int, int], np.ndarray] = {}
         self._spare_chunks: list[np.ndarray] = []
         self._chunks = self._plan_chunks()
-        # How many chunks still need each native tile: the last one to finish frees it.
+        # How many chunks still need each native tile: the last one to finish frees it. The
+        # first chunk that needs it decodes it (chunks start in order, so a chunk only ever
+        # waits on earlier ones, which never wait on it).
         self._uses: dict[tuple[int, int], int] = {}
-        for _, _, keys in self._chunks:
+        self._owner: dict[tuple[int, int], int] = {}
+        for chunk, (_, _, keys) in enumerate(self._chunks):
             for key in keys:
                 self._uses[key] = self._uses.get(key, 0) + 1
+                self._owner.setdefault(key, chunk)
 
     @property
     def direct(self) -> bool:
@@ -196,25 +200,31 @@ class TileReader:
         location = (round(col * block_w * downsample), round(row * block_h * downsample))
         return self.slide.read_region(location, self.tiles.level, (width, height))
 
-    def _blocks(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-        """The native tiles ``keys``: decoded here if no other chunk has started them, else
-        waited for. Every owned tile is decoded before any wait, so two chunks never wait on
-        each other."""
+    def _future(self, key: tuple[int, int]) -> Future[np.ndarray]:
         with self._lock:
-            futures = []
-            owned = []
-            for key in keys:
-                future = self._cache.get(key)
-                if future is None:
-                    future = self._cache[key] = Future()
-                    owned.append((key, future))
-                futures.append(future)
-        for key, future in owned:
+            future = self._cache.get(key)
+            if future is None:
+                future = self._cache[key] = Future()
+            return future
+
+    def _block(self, key: tuple[int, int], chunk: int) -> np.ndarray:
+        """Native tile ``key``: decoded now if chunk ``chunk`` owns it (the tile that needs it
+        is cut out while it is in cache), else waited for."""
+        future = self._future(key)
+        if self._owner[key] == chunk and not future.done():
             try:
                 future.set_result(self._decode(*key))
             except BaseException as error:
                 future.set_exception(error)
-        return {key: future.result() for key, future in zip(keys, futures, strict=True)}
+        return future.result()
+
+    def _fail_owned(self, chunk: int, error: BaseException) -> None:
+        """Chunks waiting on native tiles that ``chunk`` will not decode get its error."""
+        for key in self._chunks[chunk][2]:
+            if self._owner[key] == chunk:
+                future = self._future(key)
+                if not future.done():
+                    future.set_exception(error)
 
     def _release(self, keys: list[tuple[int, int]]) -> None:
         with self._lock:
@@ -235,8 +245,8 @@ class TileReader:
         regions = self._chunk_buffer(stop - start) if size == self.tiles.patch_size else None
         if regions is None:
             regions = np.empty((stop - start, size, size, 3), np.uint8)
+        blocks: dict[tuple[int, int], np.ndarray] = {}
         try:
-            blocks = self._blocks(keys)
             for region, (origin_x, origin_y) in zip(
                 regions, self._origins[start:stop].tolist(), strict=True
             ):
@@ -244,16 +254,24 @@ class TileReader:
                 x1, y1 = min(width, origin_x + size), min(height, origin_y + size)
                 if x0 != origin_x or y0 != origin_y or x1 - x0 != size or y1 - y0 != size:
                     region.fill(255)  # glass beyond the slide's edge
+                    if x1 <= x0 or y1 <= y0:
+                        continue
                 for row in range(y0 // block_h, -(-y1 // block_h)):
                     top, bottom = max(y0, row * block_h), min(y1, (row + 1) * block_h)
                     for col in range(x0 // block_w, -(-x1 // block_w)):
                         left, right = max(x0, col * block_w), min(x1, (col + 1) * block_w)
+                        block = blocks.get((col, row))
+                        if block is None:
+                            block = blocks[col, row] = self._block((col, row), chunk)
                         region[
                             top - origin_y : bottom - origin_y, left - origin_x : right - origin_x
-                        ] = blocks[col, row][
+                        ] = block[
                             top - row * block_h : bottom - row * block_h,
                             left - col * block_w : right - col * block_w,
                         ]
+        except BaseException as error:
+            self._fail_owned(chunk, error)
+            raise
         finally:
             self._release(keys)
         patch = self.tiles.patch_size
