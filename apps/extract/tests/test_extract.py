@@ -19,7 +19,7 @@ from gpfm.apps.extract import extract, find_slides
 from gpfm.apps.extract.__main__ import main
 from gpfm.apps.extract.inputs import InputError
 from gpfm.apps.extract.pipeline import PixelTable
-from gpfm.backbone import load_encoder
+from gpfm.backbone import load_encoder, register_encoder
 from gpfm.backbone.zoo import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -324,3 +324,45 @@ def test_pixel_table_is_the_transform_bit_for_bit(resize, crop, mean, std, exact
         pixels = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
         expected = torch.stack([transform(tile) for tile in pixels])
         assert torch.equal(table(pixels), expected)
+
+
+class _PatchMean(torch.nn.Module):
+    """A 16 px patch embedding averaged over the tile: cheap, and sensitive to every pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 8, 16, stride=16)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.embed(batch).mean(dim=(2, 3))
+
+
+@register_encoder(
+    "test-patch-mean",
+    embed_dim=8,
+    preprocessing=Preprocessing((224, 224), None, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+    requires_weights=False,
+    description="a patch embedding averaged over the tile (tests only)",
+)
+def _patch_mean() -> torch.nn.Module:
+    return _PatchMean()
+
+
+@pytest.mark.parametrize("batch_size", [8, 7])
+def test_batches_joined_from_several_chunks_give_the_same_features(
+    slides_dir, monkeypatch, batch_size
+):
+    from gpfm.apps.extract import pipeline
+    from gpfm.slide import tile
+
+    monkeypatch.setattr(pipeline, "_MAX_CHUNK", 4)  # batches of 8: two chunks of 4
+    torch.manual_seed(0)
+    encoder = load_encoder("test-patch-mean")
+    with open_slide(slides_dir / "alpha.tiff") as slide:
+        tiles = tile(slide, mpp=0.5, patch_size=224, min_tissue=0)
+        (features,) = pipeline.encode_tiles(slide, tiles, [encoder], batch_size=batch_size)
+        with torch.inference_mode():
+            pixels = [encoder.transform(read_tile(slide, tiles, i)) for i in range(len(tiles))]
+            expected = encoder(torch.stack(pixels)).numpy()
+    assert len(tiles) > 2 * batch_size
+    np.testing.assert_allclose(features, expected, atol=1e-5)

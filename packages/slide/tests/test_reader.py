@@ -92,3 +92,17 @@ def test_read_errors_surface_from_the_reader(shared_slides):
         tiles = tile(slide, mpp=0.499, patch_size=8, min_tissue=0)
         with pytest.raises(Exception, match=r"unreadable\.svs"):
             list(read_tiles(slide, tiles))
+
+
+def test_chunks_hold_consecutive_tiles_and_recycled_arrays_are_rewritten(synthetic):
+    with open_slide(synthetic.path) as slide:
+        tiles = tile(slide, mpp=0.5, patch_size=224, min_tissue=0)
+        reader = TileReader(slide, tiles, num_workers=2, chunk_size=5)
+        starts = []
+        for start, chunk in reader.chunks():
+            assert chunk.shape[1:] == (224, 224, 3) and 1 <= len(chunk) <= 5
+            for offset, pixels in enumerate(chunk):
+                assert np.array_equal(pixels, read_tile(slide, tiles, start + offset))
+            starts.append(start)
+            reader.recycle(chunk)  # later chunks are written into it
+    assert starts == list(range(0, len(tiles), 5))

@@ -21,14 +21,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import simplejpeg
 import tifffile
 from PIL import Image
 
-from gpfm.slide.backends.base import Size, paste_clipped
+from gpfm.slide.backends.base import Size
 from gpfm.slide.errors import SlideError, SlideReadError
 from gpfm.slide.slide import Slide
 from gpfm.slide.tiling import Tiles
@@ -39,6 +39,7 @@ _FALLBACK_BLOCK = 512  # block side (level pixels) where the file stores no tile
 _CHUNK = 32  # tiles per unit of thread work
 
 NativeTileFn = Callable[[int, int], np.ndarray]
+T = TypeVar("T")
 
 # An Adobe APP14 marker with transform 0: the stream's three components are R, G and B, as the
 # TIFF's PhotometricInterpretation says, not YCbCr (what libjpeg assumes without a marker).
@@ -82,15 +83,28 @@ def read_tiles(
 
 
 class TileReader:
-    """Iterates over the tiles of a slide, decoding each native tile of the file once."""
+    """Iterates over the tiles of a slide, decoding each native tile of the file once.
+
+    Tiles are read in chunks of consecutive tiles, one chunk per unit of thread work: a chunk
+    decodes (or takes from the other chunks') the native tiles it overlaps, cuts its tiles out of
+    them into one (n, size, size, 3) array, and gives the native tiles back, so that the Python
+    bookkeeping (locks, reference counts, futures) is paid per chunk and per native tile, not per
+    tile. The decoder runs without the GIL; what holds it is a few array copies per tile.
+    """
 
     def __init__(
-        self, slide: Slide, tiles: Tiles, num_workers: int | None = None, prefetch: int = 4
+        self,
+        slide: Slide,
+        tiles: Tiles,
+        num_workers: int | None = None,
+        prefetch: int = 4,
+        chunk_size: int = _CHUNK,
     ) -> None:
         self.slide = slide
         self.tiles = tiles
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
         self.prefetch = max(1, prefetch)
+        self.chunk_size = max(1, chunk_size)
         level = tiles.level
         native = slide.native_tile_size(level)
         self.block_size: Size = native or (_FALLBACK_BLOCK, _FALLBACK_BLOCK)
@@ -102,37 +116,72 @@ class TileReader:
             np.asarray(tiles.coords, dtype=np.float64).reshape(-1, 2) / tiles.level_downsample
         ).astype(np.int64)
         self._cache: dict[tuple[int, int], Future[np.ndarray]] = {}
-        self._uses: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
-        for origin in self._origins:
-            for key in self._blocks_of(origin):
+        # Decoded native tiles and chunks are written into buffers used before: fresh memory
+        # costs page faults (a third of the decode time on some machines).
+        self._spare_blocks: list[np.ndarray] = []
+        self._block_buffers: dict[tuple[int, int], np.ndarray] = {}
+        self._spare_chunks: list[np.ndarray] = []
+        self._chunks = self._plan_chunks()
+        # How many chunks still need each native tile: the last one to finish frees it. The
+        # first chunk that needs it decodes it (chunks start in order, so a chunk only ever
+        # waits on earlier ones, which never wait on it).
+        self._uses: dict[tuple[int, int], int] = {}
+        self._owner: dict[tuple[int, int], int] = {}
+        for chunk, (_, _, keys) in enumerate(self._chunks):
+            for key in keys:
                 self._uses[key] = self._uses.get(key, 0) + 1
+                self._owner.setdefault(key, chunk)
 
     @property
     def direct(self) -> bool:
         """True when native tiles are decoded straight from the TIFF (the fastest path)."""
         return self._direct is not None
 
-    def _blocks_of(self, origin: np.ndarray) -> list[tuple[int, int]]:
+    def _block_ranges(self) -> np.ndarray:
+        """(N, 4) first column, end column, first row, end row of the native tiles of each tile
+        (an empty range for a tile wholly outside the level)."""
         size = self.tiles.read_size
         block_w, block_h = self.block_size
-        x0, y0 = max(0, int(origin[0])), max(0, int(origin[1]))
-        x1 = min(self.level_width, int(origin[0]) + size)
-        y1 = min(self.level_height, int(origin[1]) + size)
-        if x1 <= x0 or y1 <= y0:
-            return []
-        cols = range(x0 // block_w, math.ceil(x1 / block_w))
-        rows = range(y0 // block_h, math.ceil(y1 / block_h))
-        return [(col, row) for row in rows for col in cols]
+        x0 = np.clip(self._origins[:, 0], 0, self.level_width)
+        y0 = np.clip(self._origins[:, 1], 0, self.level_height)
+        x1 = np.clip(self._origins[:, 0] + size, 0, self.level_width)
+        y1 = np.clip(self._origins[:, 1] + size, 0, self.level_height)
+        ranges = np.stack([x0 // block_w, -(-x1 // block_w), y0 // block_h, -(-y1 // block_h)], 1)
+        ranges[(x1 <= x0) | (y1 <= y0)] = 0
+        return ranges
+
+    def _plan_chunks(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """(start, stop, native tiles) of each chunk of consecutive tiles."""
+        ranges = self._block_ranges().tolist()
+        chunks = []
+        for start in range(0, len(ranges), self.chunk_size):
+            stop = min(len(ranges), start + self.chunk_size)
+            keys: dict[tuple[int, int], None] = {}
+            for col0, col1, row0, row1 in ranges[start:stop]:
+                for row in range(row0, row1):
+                    for col in range(col0, col1):
+                        keys[col, row] = None
+            chunks.append((start, stop, list(keys)))
+        return chunks
 
     def _decode_block(self, col: int, row: int) -> np.ndarray:
         """Native tile (col, row) of the read level: directly if it decodes cleanly, else via
         the backend (which returns what ``read_tile`` sees, or raises ``SlideReadError``)."""
         if self._direct is not None:
+            with self._lock:
+                buffer = self._spare_blocks.pop() if self._spare_blocks else None
+            if buffer is None:
+                buffer = self._direct.new_buffer()
             try:
-                return self._direct(col, row)
+                block = self._direct(col, row, out=buffer)
             except Exception as error:  # damaged tile data: the reference path decides
                 logger.debug("%s: native tile (%d, %d): %r", self.slide.path, col, row, error)
+                with self._lock:
+                    self._spare_blocks.append(buffer)
+            else:
+                self._block_buffers[col, row] = buffer  # back to the spares when freed
+                return block
         try:
             return self._read_block_via_backend(col, row)
         except SlideError:
@@ -151,70 +200,155 @@ class TileReader:
         location = (round(col * block_w * downsample), round(row * block_h * downsample))
         return self.slide.read_region(location, self.tiles.level, (width, height))
 
-    def _block(self, key: tuple[int, int]) -> np.ndarray:
+    def _future(self, key: tuple[int, int]) -> Future[np.ndarray]:
         with self._lock:
             future = self._cache.get(key)
-            owner = future is None
             if future is None:
                 future = self._cache[key] = Future()
-        if owner:
+            return future
+
+    def _block(self, key: tuple[int, int], chunk: int) -> np.ndarray:
+        """Native tile ``key``: decoded now if chunk ``chunk`` owns it (the tile that needs it
+        is cut out while it is in cache), else waited for."""
+        future = self._future(key)
+        if self._owner[key] == chunk and not future.done():
             try:
                 future.set_result(self._decode(*key))
             except BaseException as error:
                 future.set_exception(error)
         return future.result()
 
-    def _release(self, key: tuple[int, int]) -> None:
+    def _fail_owned(self, chunk: int, error: BaseException) -> None:
+        """Chunks waiting on native tiles that ``chunk`` will not decode get its error."""
+        for key in self._chunks[chunk][2]:
+            if self._owner[key] == chunk:
+                future = self._future(key)
+                if not future.done():
+                    future.set_exception(error)
+
+    def _release(self, keys: list[tuple[int, int]]) -> None:
         with self._lock:
-            self._uses[key] -= 1
-            if self._uses[key] == 0:
-                self._cache.pop(key, None)
+            for key in keys:
+                self._uses[key] -= 1
+                if self._uses[key] == 0:
+                    self._cache.pop(key, None)
+                    buffer = self._block_buffers.pop(key, None)
+                    if buffer is not None:
+                        self._spare_blocks.append(buffer)
 
-    def _read_one(self, index: int) -> np.ndarray:
+    def _read_chunk(self, chunk: int) -> np.ndarray:
+        """The tiles of chunk ``chunk`` as one (n, patch_size, patch_size, 3) uint8 array."""
+        start, stop, keys = self._chunks[chunk]
         size = self.tiles.read_size
-        origin_x, origin_y = (int(v) for v in self._origins[index])
-        keys = self._blocks_of(self._origins[index])
-        inside = (
-            origin_x >= 0
-            and origin_y >= 0
-            and origin_x + size <= self.level_width
-            and origin_y + size <= self.level_height
-        )
-        region = np.empty((size, size, 3), np.uint8)
-        if not inside:
-            region.fill(255)  # glass beyond the slide's edge
         block_w, block_h = self.block_size
+        width, height = self.level_width, self.level_height
+        regions = self._chunk_buffer(stop - start) if size == self.tiles.patch_size else None
+        if regions is None:
+            regions = np.empty((stop - start, size, size, 3), np.uint8)
+        blocks: dict[tuple[int, int], np.ndarray] = {}
         try:
-            for key in keys:
-                block = self._block(key)
-                paste_clipped(region, block, key[0] * block_w, key[1] * block_h, origin_x, origin_y)
+            for region, (origin_x, origin_y) in zip(
+                regions, self._origins[start:stop].tolist(), strict=True
+            ):
+                x0, y0 = max(0, origin_x), max(0, origin_y)
+                x1, y1 = min(width, origin_x + size), min(height, origin_y + size)
+                if x0 != origin_x or y0 != origin_y or x1 - x0 != size or y1 - y0 != size:
+                    region.fill(255)  # glass beyond the slide's edge
+                    if x1 <= x0 or y1 <= y0:
+                        continue
+                for row in range(y0 // block_h, -(-y1 // block_h)):
+                    top, bottom = max(y0, row * block_h), min(y1, (row + 1) * block_h)
+                    for col in range(x0 // block_w, -(-x1 // block_w)):
+                        left, right = max(x0, col * block_w), min(x1, (col + 1) * block_w)
+                        block = blocks.get((col, row))
+                        if block is None:
+                            block = blocks[col, row] = self._block((col, row), chunk)
+                        region[
+                            top - origin_y : bottom - origin_y, left - origin_x : right - origin_x
+                        ] = block[
+                            top - row * block_h : bottom - row * block_h,
+                            left - col * block_w : right - col * block_w,
+                        ]
+        except BaseException as error:
+            self._fail_owned(chunk, error)
+            raise
         finally:
-            for key in keys:
-                self._release(key)
-        return resize_tile(region, self.tiles.patch_size)
+            self._release(keys)
+        patch = self.tiles.patch_size
+        if size == patch:
+            return regions
+        return np.stack([resize_tile(region, patch) for region in regions])
 
-    def _read_chunk(self, start: int, stop: int) -> list[np.ndarray]:
-        return [self._read_one(index) for index in range(start, stop)]
+    def _chunk_buffer(self, count: int) -> np.ndarray | None:
+        if count != self.chunk_size:
+            return None
+        with self._lock:
+            return self._spare_chunks.pop() if self._spare_chunks else None
+
+    def recycle(self, tiles: np.ndarray) -> None:
+        """Hand back an array ``chunks`` yielded, once nothing refers to it any more: the reader
+        writes later chunks into it (saving the cost of fresh memory)."""
+        patch = self.tiles.patch_size
+        if tiles.shape == (self.chunk_size, patch, patch, 3) and tiles.flags.owndata:
+            with self._lock:
+                self._spare_chunks.append(tiles)
 
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        total = len(self.tiles)
-        chunks = deque((start, min(total, start + _CHUNK)) for start in range(0, total, _CHUNK))
-        pending: deque[tuple[int, Future[list[np.ndarray]]]] = deque()
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, tiles)`` in order: tiles ``start, start + 1, ...`` as one
+        (n, patch_size, patch_size, 3) uint8 array, n at most ``chunk_size``.
+
+        The cheapest way to take many tiles at once (batches for a model): no per-tile copy.
+        """
+        return self.map_chunks(_identity)
+
+    def map_chunks(
+        self, function: Callable[[np.ndarray], T], recycle: bool = False
+    ) -> Iterator[tuple[int, T]]:
+        """Yield ``(start, function(tiles))`` for each chunk of ``chunks``, in order, with
+        ``function`` run on the decoding threads, on the tiles while they are in cache.
+
+        Args:
+            function: takes the (n, patch_size, patch_size, 3) uint8 tiles of one chunk (e.g.
+                converts them to a model's input); it runs on several threads at once.
+            recycle: ``function``'s result keeps no reference to the tiles, so their array is
+                written again by a later chunk.
+        """
+        total = len(self._chunks)
+        window = self.num_workers * self.prefetch
+        pending: deque[tuple[int, Future[T]]] = deque()
+
+        def work(chunk: int) -> T:
+            regions = self._read_chunk(chunk)
+            result = function(regions)
+            if recycle:
+                self.recycle(regions)
+            return result
+
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="gpfm-tiles") as pool:
             try:
-                while chunks or pending:
-                    while chunks and len(pending) < self.num_workers * self.prefetch:
-                        start, stop = chunks.popleft()
-                        pending.append((start, pool.submit(self._read_chunk, start, stop)))
+                submitted = 0
+                while submitted < total or pending:
+                    while submitted < total and len(pending) < window:
+                        start = self._chunks[submitted][0]
+                        pending.append((start, pool.submit(work, submitted)))
+                        submitted += 1
                     start, future = pending.popleft()
-                    for offset, region in enumerate(future.result()):
-                        yield start + offset, region
+                    yield start, future.result()
             finally:
                 for _, future in pending:
                     future.cancel()
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start, regions in self.chunks():
+            for offset, region in enumerate(regions):
+                yield start + offset, region
+
+
+def _identity(tiles: np.ndarray) -> np.ndarray:
+    return tiles
 
 
 def _level_origin(x: int, y: int, downsample: float) -> tuple[int, int]:
@@ -324,15 +458,23 @@ class _TiffPageDecoder:
     def close(self) -> None:
         self._tiff.close()
 
-    def __call__(self, col: int, row: int) -> np.ndarray:
+    def new_buffer(self) -> np.ndarray:
+        """An array a whole tile decodes into (``out`` of a call)."""
+        return np.empty((self._page.tilelength, self._page.tilewidth, 3), np.uint8)
+
+    def __call__(self, col: int, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Tile (col, row) as (height, width, 3) uint8 RGB, decoded into ``out`` if given
+        (a ``new_buffer``; the result is then a view of it)."""
         page = self._page
         index = row * self._cols + col
         jpeg = self.stream(col, row)
         if jpeg is None:  # a tile the scanner never wrote: glass
-            return np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
-        segment = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", strict=True)
+            segment = out if out is not None else self.new_buffer()
+            segment.fill(255)
+        else:
+            segment = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", strict=True, buffer=out)
         if segment.shape != (page.tilelength, page.tilewidth, 3):
             raise ValueError(f"tile {index} decodes to {segment.shape}, not the tile size")
         width = min(page.tilewidth, page.imagewidth - col * page.tilewidth)
         height = min(page.tilelength, page.imagelength - row * page.tilelength)
-        return np.ascontiguousarray(segment[:height, :width])
+        return segment[:height, :width]

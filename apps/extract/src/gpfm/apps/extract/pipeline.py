@@ -1,15 +1,18 @@
 """One read of a slide's tiles feeding several encoders.
 
-Tiles are decoded by gpfm-slide's ``TileReader`` (each native tile of the file once, on threads)
-and gathered into uint8 batches on a producer thread, which also applies each encoder's own
-``transform`` (once per distinct preprocessing) and pins the batch for the GPU. The calling thread
-only runs the models, so reading and preprocessing overlap compute.
+Tiles are decoded by gpfm-slide's ``TileReader`` (each native tile of the file once) in chunks of
+up to 64 tiles, and each chunk is turned into every encoder's input (its own ``transform``, once
+per distinct preprocessing, pinned for the GPU) on the same decoding threads, while its pixels
+are still in cache; the uint8 chunk arrays are then written again by later chunks. The calling
+thread only joins chunks into batches and runs the models, so reading and preprocessing overlap
+compute and no per-tile Python runs between the decoder and the model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
+import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -24,7 +27,7 @@ from gpfm.slide import Slide, TileReader, Tiles
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-_END = object()
+_MAX_CHUNK = 64  # tiles per unit of the reader's thread work
 
 
 def transformed(encoder: Encoder, tiles: Tensor) -> Tensor:
@@ -67,15 +70,22 @@ class PixelTable:
             return None
         return table
 
-    def __call__(self, pixels: np.ndarray) -> Tensor:
-        """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, as the transform gives it."""
-        planes = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
-        out = np.empty(planes.shape, np.float32)
-        for channel in range(3):
-            table = self.table[channel].reshape(256, 1)
-            for index in range(planes.shape[0]):  # OpenCV's LUT: SIMD, without the GIL
-                cv2.LUT(planes[index, channel], table, dst=out[index, channel])
-        return torch.from_numpy(out)
+    def __call__(self, pixels: np.ndarray, pin: bool = False, out: Tensor | None = None) -> Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, as the transform gives it (in pinned
+        memory if ``pin``; written into ``out`` if given, a tensor of that shape)."""
+        pixels = np.ascontiguousarray(pixels)
+        count, height, width = pixels.shape[:3]
+        batch = out
+        if batch is None:
+            batch = torch.empty((count, 3, height, width), dtype=torch.float32, pin_memory=pin)
+        out_array = batch.numpy()
+        planes = np.empty((3, height, width), np.uint8)
+        tables = [self.table[channel].reshape(256, 1) for channel in range(3)]
+        for index in range(count):  # OpenCV's split and LUT: SIMD, without the GIL
+            cv2.split(pixels[index], [planes[0], planes[1], planes[2]])
+            for channel in range(3):
+                cv2.LUT(planes[channel], tables[channel], dst=out_array[index, channel])
+        return batch
 
 
 def _preprocessing_key(encoder: Encoder) -> object:
@@ -83,70 +93,51 @@ def _preprocessing_key(encoder: Encoder) -> object:
     return preprocessing if preprocessing is not None else id(encoder)
 
 
-class _Producer(threading.Thread):
-    """Reads tiles into batches and prepares each distinct preprocessing's input."""
+class _Inputs:
+    """Turns a chunk of uint8 tiles into each distinct preprocessing's input (on reader threads).
 
-    def __init__(
-        self,
-        reader: TileReader,
-        encoders: Sequence[Encoder],
-        batch_size: int,
-        pin: bool,
-        prefetch: int,
-    ) -> None:
-        super().__init__(name="gpfm-extract-batches", daemon=True)
-        self.reader = reader
-        self.encoders = encoders
-        self.batch_size = batch_size
+    Inputs made by a ``PixelTable`` are written into tensors handed back by ``recycle`` once the
+    models are done with them: fresh memory costs page faults, as much as the lookup itself.
+    """
+
+    def __init__(self, encoders: Sequence[Encoder], tile_size: int, pin: bool) -> None:
         self.pin = pin
-        self.output: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
-        self.stop = threading.Event()
         # Encoders with the same preprocessing share one prepared batch.
         self.groups: dict[object, Encoder] = {}
         for encoder in encoders:
             self.groups.setdefault(_preprocessing_key(encoder), encoder)
-        size = reader.tiles.patch_size
-        self.tables = {key: PixelTable.for_encoder(e, size) for key, e in self.groups.items()}
+        self.tables = {key: PixelTable.for_encoder(e, tile_size) for key, e in self.groups.items()}
+        self._spares: dict[object, list[Tensor]] = {key: [] for key in self.groups}
+        self._lock = threading.Lock()
 
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.output.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    @property
+    def copies(self) -> bool:
+        """True when no input shares memory with the tiles (a table makes new arrays)."""
+        return all(table is not None for table in self.tables.values())
 
-    def _prepare(self, pixels: np.ndarray) -> dict[object, Tensor]:
-        tiles = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    def __call__(self, pixels: np.ndarray) -> tuple[int, dict[object, Tensor]]:
         inputs = {}
         for key, encoder in self.groups.items():
             table = self.tables[key]
-            batch = table(pixels) if table is not None else transformed(encoder, tiles)
+            if table is not None:
+                inputs[key] = table(pixels, pin=self.pin, out=self._spare(key, len(pixels)))
+                continue
+            batch = transformed(encoder, torch.from_numpy(pixels).permute(0, 3, 1, 2))
             batch = batch.contiguous()
             inputs[key] = batch.pin_memory() if self.pin else batch
-        return inputs
+        return len(pixels), inputs
 
-    def run(self) -> None:
-        try:
-            size = self.reader.tiles.patch_size
-            pixels = np.empty((self.batch_size, size, size, 3), np.uint8)
-            count = 0
-            for _, tile in self.reader:
-                pixels[count] = tile
-                count += 1
-                if count == self.batch_size:
-                    if not self._put((count, self._prepare(pixels))):
-                        return
-                    pixels = np.empty_like(pixels)
-                    count = 0
-                if self.stop.is_set():
-                    return
-            if count and not self._put((count, self._prepare(pixels[:count]))):
-                return
-            self._put(_END)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            self._put(error)
+    def _spare(self, key: object, count: int) -> Tensor | None:
+        with self._lock:
+            spares = self._spares[key]
+            return spares.pop() if spares and len(spares[-1]) == count else None
+
+    def recycle(self, inputs: dict[object, Tensor]) -> None:
+        """Hand back inputs of ``__call__`` that nothing uses any more."""
+        with self._lock:
+            for key, batch in inputs.items():
+                if self.tables[key] is not None:
+                    self._spares[key].append(batch)
 
 
 @torch.inference_mode()
@@ -180,41 +171,83 @@ def encode_tiles(
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if not encoders:
         raise ValueError("no encoders given")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = encoders[0].device
     pin = device.type == "cuda"
-    reader = TileReader(slide, tiles, num_workers=num_workers)
-    producer = _Producer(reader, encoders, batch_size, pin, prefetch)
+    chunk_size = _chunk_size(batch_size)
+    parts = batch_size // chunk_size
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    reader = TileReader(
+        slide,
+        tiles,
+        num_workers=workers,
+        prefetch=max(1, math.ceil(prefetch * parts / workers)),
+        chunk_size=chunk_size,
+    )
+    prepare = _Inputs(encoders, tiles.patch_size, pin)
     keys = [_preprocessing_key(encoder) for encoder in encoders]
     outputs: list[list[np.ndarray]] = [[] for _ in encoders]
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if precision != "fp32":
         autocast = torch.autocast(device.type, dtype=PRECISIONS[precision])
-    producer.start()
-    try:
-        for count, inputs in _batches(producer):
-            for encoder, key, collected in zip(encoders, keys, outputs, strict=True):
-                batch = inputs[key].to(device, non_blocking=pin)
-                if device.type == "cuda":
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    features = encoder(batch)
-                collected.append(features.float().cpu().numpy())
-            if on_batch is not None:
-                on_batch(count)
-    finally:
-        producer.stop.set()
-        producer.join()
+    chunks = reader.map_chunks(prepare, recycle=prepare.copies)
+    for count, inputs, parts_used in _batches(chunks, parts, keys, device, pin):
+        for encoder, key, collected in zip(encoders, keys, outputs, strict=True):
+            with autocast:
+                features = encoder(inputs[key])
+            collected.append(features.float().cpu().numpy())  # waits for the device
+        del inputs
+        for used in parts_used:
+            prepare.recycle(used)
+        if on_batch is not None:
+            on_batch(count)
     return [
         np.concatenate(parts) if parts else np.zeros((0, encoder.embed_dim), np.float32)
         for parts, encoder in zip(outputs, encoders, strict=True)
     ]
 
 
-def _batches(producer: _Producer) -> Iterator[tuple[int, dict[object, Tensor]]]:
-    while True:
-        item = producer.output.get()
-        if item is _END:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+def _chunk_size(batch_size: int) -> int:
+    """Tiles per chunk of the reader: a batch is made of whole chunks, one when it is small,
+    else a few of 32-64 tiles (thread work not too coarse, bounded memory in flight)."""
+    if batch_size <= _MAX_CHUNK:
+        return batch_size
+    divisors = [
+        size for size in range(_MAX_CHUNK, _MAX_CHUNK // 2 - 1, -1) if batch_size % size == 0
+    ]
+    return divisors[0] if divisors else batch_size
+
+
+def _batches(
+    chunks: Iterator[tuple[int, tuple[int, dict[object, Tensor]]]],
+    parts: int,
+    keys: Sequence[object],
+    device: torch.device,
+    pin: bool,
+) -> Iterator[tuple[int, dict[object, Tensor], list[dict[object, Tensor]]]]:
+    """Batches of ``parts`` consecutive chunks each, on ``device``, keyed by preprocessing, with
+    the chunks' own inputs (free to reuse once the batch is through the models)."""
+    pending: list[dict[object, Tensor]] = []
+    count = 0
+    for _, (size, inputs) in chunks:
+        pending.append(inputs)
+        count += size
+        if len(pending) == parts:
+            yield count, _joined(pending, set(keys), device, pin), pending
+            pending, count = [], 0
+    if pending:
+        yield count, _joined(pending, set(keys), device, pin), pending
+
+
+def _joined(
+    pending: list[dict[object, Tensor]], keys: set[object], device: torch.device, pin: bool
+) -> dict[object, Tensor]:
+    joined = {}
+    for key in keys:
+        parts = [inputs[key].to(device, non_blocking=pin) for inputs in pending]
+        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        joined[key] = batch
+    return joined
