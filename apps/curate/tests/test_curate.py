@@ -50,6 +50,10 @@ def shard_tables(store: Path) -> list[dict[str, list[object]]]:
     return [read_table(patches.shard_path(k)).to_pydict() for k in range(len(patches.shards))]
 
 
+def shard_files(store: Path) -> list[str]:
+    return [shard.file for shard in PatchStore(store).shards]
+
+
 def test_the_store_meets_the_mix_and_loads_with_datasets(slides, tmp_path):
     datasets = pytest.importorskip("datasets")
     store = tmp_path / "store"
@@ -85,7 +89,7 @@ def test_the_store_meets_the_mix_and_loads_with_datasets(slides, tmp_path):
 
 
 def test_a_killed_run_resumed_gives_the_same_store(slides, tmp_path, monkeypatch):
-    straight = tmp_path / "straight"
+    straight = tmp_path / "a" / "store"  # the card names the store's folder
     curate(slides, straight, SETTINGS, workers=2)
     original = run_module.curate_slide
     calls = {"n": 0}
@@ -97,7 +101,7 @@ def test_a_killed_run_resumed_gives_the_same_store(slides, tmp_path, monkeypatch
         return original(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "curate_slide", killed_on_the_third)
-    resumed = tmp_path / "resumed"
+    resumed = tmp_path / "b" / "store"
     with pytest.raises(KeyboardInterrupt):
         curate(slides, resumed, SETTINGS)
     assert not (resumed / "store.json").exists()
@@ -105,9 +109,8 @@ def test_a_killed_run_resumed_gives_the_same_store(slides, tmp_path, monkeypatch
     summary = curate(slides, resumed, SETTINGS)
     assert summary.count("skipped") == 2 and summary.count("done") == 2 and summary.complete
     assert shard_tables(resumed) == shard_tables(straight)
-    assert json.loads((resumed / "store.json").read_text()) == json.loads(
-        (straight / "store.json").read_text()
-    )
+    for name in ("store.json", "README.md", "stats.json", "mosaic.png", *shard_files(straight)):
+        assert (resumed / name).read_bytes() == (straight / name).read_bytes(), name
     with pytest.raises(CurateError, match="other settings"):
         curate(slides, resumed, CurateSettings(patches_per_slide=5, patch_size=128))
 
@@ -150,3 +153,14 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="balance_by"):
         CurateSettings(patches_per_slide=1, balance_by=("organ",))
     assert np.isclose(CurateSettings(patches_per_slide=1).mpp or 0, 0.5)
+
+
+def test_a_pyramid_level_is_read_as_it_is(slides, tmp_path):
+    settings = CurateSettings(patches_per_slide=2, mpp=None, level=0, patch_size=64)
+    assert curate(slides, tmp_path / "store", settings).complete
+    table = read_table(PatchStore(tmp_path / "store").shard_path(0)).to_pydict()
+    assert set(table["mpp"]) == {0.5} and set(table["level"]) == {0} and len(table["mpp"]) == 8
+    beyond = CurateSettings(patches_per_slide=2, mpp=None, level=3, patch_size=64)
+    summary = curate(slides, tmp_path / "beyond", beyond)
+    assert summary.count("failed") == 4
+    assert "level 3 does not exist" in summary.records[0]["error"]

@@ -1,9 +1,9 @@
 """Curate one slide: walk its tiles in a seeded order, keep the first N that pass the quality
 checks, each as JPEG bytes.
 
-The tiles are read with the fast reader (each native tile decoded once), measured and encoded
-on threads, and decided in candidate order, so the kept patches depend only on the slide, the
-tiles, the seed and the thresholds, never on timing.
+The tiles are read with the fast reader (each native tile decoded once) and measured on
+threads, decided in candidate order, and only the kept ones are encoded (on threads), so the
+kept patches depend only on the slide, the tiles, the seed and the thresholds, never on timing.
 """
 
 from __future__ import annotations
@@ -87,22 +87,25 @@ def curate_patches(
     order = candidate_order(tiles, seed, strategy)
     position = 0
     workers = num_workers or min(8, os.cpu_count() or 1)
+    kept: list[tuple[int, PatchMeasures, Future[bytes]]] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="gpfm-curate") as pool:
-        while len(result.patches) < count and position < len(order):
+        while len(kept) < count and position < len(order):
             # Read about twice what is still missing: enough when few are rejected.
-            size = max(_MIN_CHUNK, 2 * (count - len(result.patches)))
+            size = max(_MIN_CHUNK, 2 * (count - len(kept)))
             chunk = order[position : position + size]
             position += len(chunk)
-            measured = _measured(slide, subset(tiles, chunk), pool, workers, checker, jpeg_quality)
-            for index, (measures, jpeg) in zip(chunk, measured, strict=False):
+            measured = _measured(slide, subset(tiles, chunk), pool, workers, checker)
+            for index, (rgb, measures) in zip(chunk, measured, strict=False):
                 result.tried += 1
                 reason = checker.reason(measures)
                 checker.record(reason, measures)
-                if reason is None:
-                    x, y = (int(v) for v in tiles.coords[index])
-                    result.patches.append(CuratedPatch(int(index), x, y, jpeg, measures))
-                    if len(result.patches) == count:
+                if reason is None:  # only kept patches are encoded
+                    kept.append((int(index), measures, pool.submit(encode_jpeg, rgb, jpeg_quality)))
+                    if len(kept) == count:
                         break
+        for index, measures, jpeg in kept:
+            x, y = (int(v) for v in tiles.coords[index])
+            result.patches.append(CuratedPatch(index, x, y, jpeg.result(), measures))
     logger.info(
         "%s: kept %d of %d tiles tried (rejected %s)",
         slide.path,
@@ -119,15 +122,14 @@ def _measured(
     pool: ThreadPoolExecutor,
     workers: int,
     checker: QualityFilter,
-    jpeg_quality: int,
-) -> Iterator[tuple[PatchMeasures, bytes]]:
-    """(measures, JPEG) per tile, in order; measuring and encoding run ahead on ``pool``."""
+) -> Iterator[tuple[np.ndarray, PatchMeasures]]:
+    """(pixels, measures) per tile, in order; measuring runs ahead on ``pool``."""
 
-    def work(rgb: np.ndarray) -> tuple[PatchMeasures, bytes]:
-        return measure(rgb, checker.thresholds), encode_jpeg(rgb, jpeg_quality)
+    def work(rgb: np.ndarray) -> tuple[np.ndarray, PatchMeasures]:
+        return rgb, measure(rgb, checker.thresholds)
 
     ahead = 2 * workers
-    pending: deque[Future[tuple[PatchMeasures, bytes]]] = deque()
+    pending: deque[Future[tuple[np.ndarray, PatchMeasures]]] = deque()
     reader = read_tiles(slide, tiles, num_workers=workers)
     try:
         for _, rgb in reader:
