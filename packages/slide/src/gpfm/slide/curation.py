@@ -9,6 +9,7 @@ kept patches depend only on the slide, the tiles, the seed and the thresholds, n
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from gpfm.slide.tiling import Tiles
 
 logger = logging.getLogger(__name__)
 
-_MIN_CHUNK = 32  # candidates read at once, at least
+_MIN_CHUNK = 8  # candidates read at once, at least
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def curate_patches(
         thresholds: when a patch is blank, blurred or a near-duplicate (default settings when
             None; see ``gpfm.slide.quality``).
         jpeg_quality: 1-100.
-        num_workers: reading, measuring and encoding threads (default: CPU count, at most 8).
+        num_workers: reading threads, and measuring and encoding threads (default: twice the
+            CPU count, at most 16).
     """
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1-100, got {jpeg_quality!r}")
@@ -86,12 +88,15 @@ def curate_patches(
     result = CurationResult(rejected=checker.rejected)
     order = candidate_order(tiles, seed, strategy)
     position = 0
-    workers = num_workers or min(8, os.cpu_count() or 1)
+    # Two threads per core: reading, measuring and encoding each hold the GIL now and then.
+    workers = num_workers or min(16, 2 * (os.cpu_count() or 1))
     kept: list[tuple[int, PatchMeasures, Future[bytes]]] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="gpfm-curate") as pool:
         while len(kept) < count and position < len(order):
-            # Read about twice what is still missing: enough when few are rejected.
-            size = max(_MIN_CHUNK, 2 * (count - len(kept)))
+            # The reader reads its whole chunk ahead, so ask for what the acceptance rate so
+            # far says is still needed (and a little more), not for every candidate.
+            accepted = (len(kept) + 1) / (result.tried + 1)
+            size = max(_MIN_CHUNK, math.ceil(1.1 * (count - len(kept)) / accepted))
             chunk = order[position : position + size]
             position += len(chunk)
             measured = _measured(slide, subset(tiles, chunk), pool, workers, checker)

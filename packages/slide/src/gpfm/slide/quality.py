@@ -2,8 +2,9 @@
 
 Three measures of a (H, W, 3) uint8 RGB patch, each with one threshold:
 
-- **blank** — ``tissue_fraction``: the fraction of pixels whose HSV saturation (0-255) is at
-  least ``min_saturation`` and whose value (brightness, 0-255) is at least ``min_value``. Glass
+- **blank** — ``tissue_fraction``: the fraction of pixels whose HSV saturation
+  ``255 x (max - min) / max`` of R, G, B is at least ``min_saturation`` and whose value
+  (brightness, ``max``, 0-255) is at least ``min_value``. Glass
   is grey-white (unsaturated), scanner borders and dust are dark. A patch is blank when this
   fraction is below ``min_tissue``.
 - **blurred** — ``sharpness``: the variance of the Laplacian (3 x 3 aperture) of the patch's
@@ -22,6 +23,7 @@ Checks run in that order and a patch is rejected for the first it fails. Setting
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -70,10 +72,31 @@ class QualityThresholds:
 
 
 def tissue_fraction(rgb: np.ndarray, min_saturation: int = 20, min_value: int = 30) -> float:
-    """Fraction of the pixels of an RGB uint8 patch that are tissue (saturated, not dark)."""
-    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    tissue = (hsv[..., 1] >= min_saturation) & (hsv[..., 2] >= min_value)
-    return float(tissue.mean()) if tissue.size else 0.0
+    """Fraction of the pixels of an RGB uint8 patch that are tissue (saturated, not dark).
+
+    A pixel is tissue when its value ``V = max(R, G, B)`` is at least ``min_value`` and its
+    saturation ``255 x (V - min(R, G, B)) / V`` is at least ``min_saturation`` (HSV's, unrounded).
+    """
+    rgb = np.ascontiguousarray(rgb)
+    red, green, blue = cv2.split(rgb)
+    value = cv2.max(cv2.max(red, green), blue)
+    spread = cv2.subtract(value, cv2.min(cv2.min(red, green), blue))
+    # saturation >= s  <=>  spread >= s x V / 255: one lookup per pixel instead of a division
+    needed = cv2.LUT(value, _spread_needed(min_saturation, min_value))
+    tissue = cv2.compare(spread, needed, cv2.CMP_GE)
+    return cv2.countNonZero(tissue) / tissue.size if tissue.size else 0.0
+
+
+@functools.lru_cache(maxsize=16)
+def _spread_needed(min_saturation: int, min_value: int) -> np.ndarray:
+    """The least max - min of a tissue pixel, per value V (256 entries; 256 = never)."""
+    values = np.arange(256)
+    needed = np.ceil(min_saturation * values / 255).astype(np.int64)
+    needed[values < min_value] = 256
+    if min_saturation > 0:
+        needed[0] = 256  # black has no saturation
+    # uint8 cannot say 256; a spread of 255 needs V = 255, which is never below min_value
+    return np.minimum(needed, 255).astype(np.uint8).reshape(1, 256)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

@@ -317,23 +317,23 @@ def _pack_ready(
     shards: list[Shard | None] = []
     for number, members in enumerate(plan):
         name = shard_file(number, len(plan))
-        if (store / name).is_file():
-            rows = sum(
-                int(
-                    json.loads((store / "slides" / f"{entries[i].slide_id}.json").read_text())[
-                        "patches"
-                    ]
-                )
-                for i in members
-            )
-            shards.append(Shard(name, rows))
-            continue
-        ids = [entries[i].slide_id for i in members]
-        if all((store / "slides" / f"{i}.json").is_file() for i in ids):
-            parts = [store / "parts" / f"{i}.parquet" for i in ids]
-            shards.append(pack_shard(store, number, len(plan), parts, seed))
-        else:
+        records = [store / "slides" / f"{entries[i].slide_id}.json" for i in members]
+        if not all(r.is_file() for r in records):
             shards.append(None)
+            continue
+        done = [json.loads(r.read_text()) for r in records]
+        if not (store / name).is_file():
+            parts = [store / "parts" / f"{d['slide_id']}.parquet" for d in done]
+            wanted = [p for p, d in zip(parts, done, strict=True) if d["status"] == "done"]
+            missing = [p for p in wanted if not p.is_file()]
+            if missing and not (store / name).is_file():  # another process may have packed it
+                raise CurateError(
+                    f"{missing[0]}: the part of a slide recorded as done is missing; delete its "
+                    f"record in {store / 'slides'} and run again"
+                )
+            if not missing:
+                pack_shard(store, number, len(plan), wanted, seed)
+        shards.append(Shard(name, sum(int(d["patches"]) for d in done)))
     if any(s is None for s in shards):
         return None
     return [s for s in shards if s is not None]

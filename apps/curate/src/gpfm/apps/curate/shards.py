@@ -44,9 +44,9 @@ def shard_file(index: int, count: int) -> str:
 
 
 def pack_shard(store: Path, index: int, count: int, parts: list[Path], seed: int) -> Shard:
-    """Concatenate ``parts`` (missing ones are failed slides), shuffle, write shard ``index``."""
+    """Concatenate the slides' ``parts`` (in plan order), shuffle, write shard ``index``."""
     pa = __import__("pyarrow")
-    tables = [read_table(p) for p in parts if p.is_file()]
+    tables = [read_table(p) for p in parts]
     table = pa.concat_tables(tables) if tables else schema().empty_table()
     order = np.random.default_rng([seed, 0x5A4E, index]).permutation(table.num_rows)
     name = shard_file(index, count)
