@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from gpfm.apps.curate import CurateSettings, curate  # noqa: E402
-from gpfm.apps.train.config import load_config  # noqa: E402
-from gpfm.apps.train.trainer import train  # noqa: E402
-from gpfm.slide import make_synthetic_slide  # noqa: E402
+from gpfm.apps.curate import CurateSettings, curate
+from gpfm.apps.train.config import load_config
+from gpfm.apps.train.trainer import train
+from gpfm.slide import make_synthetic_slide
 
 
 @pytest.mark.slow
