@@ -21,3 +21,7 @@ class SlideReadError(SlideError):
 
 class CoordsFileError(SlideError):
     """A coordinates file is missing or damaged, or a field has the wrong shape, type or value."""
+
+
+class StoreError(SlideError):
+    """A patch store is missing, damaged or of a newer format; the message names the file."""

@@ -42,14 +42,17 @@ class ExpertConfig:
 
 @dataclass
 class DataSettings:
-    source: str = "synthetic"  # synthetic | folder | slides
-    path: str | None = None  # folder or list file (folder); coords folder (slides)
+    source: str = "synthetic"  # synthetic | folder | slides | hf
+    # folder or list file (folder); coords folder (slides); store folder or Hub dataset id (hf)
+    path: str | None = None
     slides_dir: str | None = None  # where slides are, if coords files do not record it
     patches_per_slide: int = 64
     synthetic_length: int = 256
     synthetic_size: int = 256
     batch_size_per_device: int = 96
     num_workers: int = 8
+    hf_revision: str | None = None  # hf: the Hub dataset's branch, tag or commit
+    hf_shards_in_memory: int = 4  # hf: shards shuffled together (per DataLoader worker)
 
 
 @dataclass

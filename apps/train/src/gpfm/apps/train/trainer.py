@@ -24,6 +24,7 @@ from gpfm.apps.train.data import (
     EpochSampler,
     MultiCropCollate,
     SeededAugmentation,
+    epoch_sampler,
     image_dataset,
     multicrop_augmentation,
 )
@@ -203,9 +204,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     )
     images = image_dataset(config)
     dataset = SeededAugmentation(images, multicrop_augmentation(config), config.seed)
-    sampler = EpochSampler(
-        len(dataset), config.seed, accelerator.process_index, accelerator.num_processes
-    )
+    sampler = epoch_sampler(images, config, accelerator.process_index, accelerator.num_processes)
     collate = MultiCropCollate(config, model.patch_size)
     batch_size = config.data.batch_size_per_device
     loader = DataLoader(
