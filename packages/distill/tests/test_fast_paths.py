@@ -172,17 +172,22 @@ def test_checkpointed_and_compiled_blocks_give_the_same_loss_and_gradients():
     fast, _ = pair(torch.float64)
     other = copy.deepcopy(fast)
     assert checkpoint_blocks(other.student["backbone"]) == 2
-    assert compile_blocks(other.teacher["backbone"], backend="eager") == 2
+    for side in (other.student, other.teacher):  # compiled, checkpointed or not
+        assert compile_blocks(side["backbone"], backend="eager") == 2
     batch = as_dtype(tiny_batch(), torch.float64)
     results = []
     for model in (fast, other):
         torch.manual_seed(3)  # stochastic depth (0.1) is on: the replay must draw the same
         terms = model(batch, teacher_temp=0.04)
         terms["total"].backward()
-        results.append((terms["total"].detach(), dict(model.trainable_named_parameters())))
+        after = torch.rand(1)  # stochastic depth's replay left the generator where it was
+        results.append((terms["total"].detach(), dict(model.trainable_named_parameters()), after))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=0)
+    assert torch.equal(results[1][2], results[0][2])
     assert set(results[1][1]) == set(results[0][1])  # names unchanged
     for name, parameter in results[0][1].items():
         torch.testing.assert_close(results[1][1][name].grad, parameter.grad, msg=name)
     with pytest.raises(DistillConfigError, match="blocks"):
         checkpoint_blocks(torch.nn.Linear(2, 2))
+    with pytest.raises(DistillConfigError, match="before compiling"):
+        checkpoint_blocks(other.teacher["backbone"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -25,18 +26,29 @@ def _blocks(backbone: nn.Module) -> nn.ModuleList:
     return blocks
 
 
+_CHECKPOINTED = "_gpfm_checkpointed_forward"  # the function a checkpointed block recomputes
+
+
 def _checkpointed(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
     # Non-reentrant: works with parameters that need gradients and inputs that do not, and
     # with FSDP2; the RNG state is restored on recomputation, so stochastic depth draws the
     # same paths in the forward pass and its replay.
-    return checkpoint(type(block).forward, block, *args, use_reentrant=False, **kwargs)
+    inner = getattr(block, _CHECKPOINTED)
+    return checkpoint(inner, block, *args, use_reentrant=False, **kwargs)
 
 
 def checkpoint_blocks(backbone: nn.Module) -> int:
     """Recompute each transformer block's activations in the backward pass instead of keeping
-    them (less memory, ~30 % more compute). Returns the number of blocks wrapped."""
+    them (less memory, ~30 % more compute). Returns the number of blocks wrapped.
+
+    Raises:
+        DistillConfigError: the blocks are compiled already (checkpoint first, then compile).
+    """
     blocks = _blocks(backbone)
     for block in blocks:
+        if getattr(block, "_compiled_call_impl", None) is not None:
+            raise DistillConfigError("checkpoint the blocks before compiling them")
+        setattr(block, _CHECKPOINTED, type(block).forward)
         block.forward = functools.partial(_checkpointed, block)
     return len(blocks)
 
@@ -46,9 +58,15 @@ def compile_blocks(backbone: nn.Module, backend: str = "inductor", **options: An
 
     Compiling the repeated block rather than the whole model compiles once for all blocks,
     keeps parameter names unchanged and leaves Python control flow (crop sizes, masks) eager.
+    In a checkpointed block the recomputed function is compiled and the checkpoint stays
+    eager: traced by the compiler, it would not replay stochastic depth's random draws.
     Returns the number of blocks compiled.
     """
     blocks = _blocks(backbone)
     for block in blocks:
-        block.compile(backend=backend, **options)
+        inner = getattr(block, _CHECKPOINTED, None)
+        if inner is not None:
+            setattr(block, _CHECKPOINTED, torch.compile(inner, backend=backend, **options))
+        else:
+            block.compile(backend=backend, **options)
     return len(blocks)
