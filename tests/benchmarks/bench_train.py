@@ -84,7 +84,8 @@ def make_batch(config: Any, patch_size: int) -> dict[str, Any]:
 class HeadClock:
     """Adds up the time spent in the heads' forward passes, per side, with module hooks."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, now: Any) -> None:
+        self.now = now
         self.seconds: dict[str, float] = defaultdict(float)
         sides = {"teacher": model.teacher, "student": model.student}
         for side, modules in sides.items():
@@ -96,10 +97,10 @@ class HeadClock:
 
     def _watch(self, module: Any, side: str) -> None:
         started: list[float] = []
-        module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+        module.register_forward_pre_hook(lambda *_: started.append(self.now()))
 
         def done(*_: Any) -> None:
-            self.seconds[side] += time.perf_counter() - started.pop()
+            self.seconds[side] += self.now() - started.pop()
 
         module.register_forward_hook(done)
 
@@ -131,56 +132,57 @@ def trainer_step_parts(model: Any) -> tuple[Any, Any]:
     return optimizer, clip_kept
 
 
-def worker(prototypes: int, steps: int, n_local: int) -> dict[str, Any]:
+def worker(prototypes: int, steps: int, n_local: int, threads: int, clock: str) -> dict[str, Any]:
     import torch
 
     from gpfm.apps.train.trainer import build_model
     from gpfm.distill import apply_schedules
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_num_threads(threads)
     config = small_config(prototypes, n_local)
     torch.manual_seed(0)
     model = build_model(config).train()
     batch = make_batch(config, model.patch_size)
     optimizer, clip = trainer_step_parts(model)
-    heads = HeadClock(model)
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    heads = HeadClock(model, now)
     totals: dict[str, float] = defaultdict(float)
     first_terms: dict[str, float] = {}
     for step in range(steps + 1):
-        clock: dict[str, float] = {}
-        t = time.perf_counter
+        parts: dict[str, float] = {}
+        t = now
         start = t()
         targets = model.teacher_targets(batch, 0.04)
-        clock["teacher"] = t() - start
+        parts["teacher"] = t() - start
         start = t()
         experts = model.expert_outputs(batch["global_crops"])
-        clock["experts"] = t() - start
+        parts["experts"] = t() - start
         start = t()
         student = model.student_outputs(batch)
-        clock["student forward"] = t() - start
+        parts["student forward"] = t() - start
         start = t()
         terms = model.loss_terms(batch, targets, experts, student)
-        clock["losses"] = t() - start
+        parts["losses"] = t() - start
         start = t()
         terms["total"].backward()
-        clock["backward"] = t() - start
+        parts["backward"] = t() - start
         start = t()
         apply_schedules(optimizer, 1e-4, 0.04, 1e-4)
         clip()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        clock["optimizer"] = t() - start
+        parts["optimizer"] = t() - start
         start = t()
         model.update_teacher(0.996)
-        clock["EMA"] = t() - start
-        clock["teacher"] -= heads.seconds["teacher"]
-        clock["student forward"] -= heads.seconds["student"]
-        clock["losses"] -= heads.seconds["experts"]
-        clock["heads"] = heads.take("teacher") + heads.take("student") + heads.take("experts")
+        parts["EMA"] = t() - start
+        parts["teacher"] -= heads.seconds["teacher"]
+        parts["student forward"] -= heads.seconds["student"]
+        parts["losses"] -= heads.seconds["experts"]
+        parts["heads"] = heads.take("teacher") + heads.take("student") + heads.take("experts")
         if step == 0:  # warm-up; its losses are compared across versions
             first_terms = {k: v.item() for k, v in terms.items()}
             continue
-        for stage, seconds in clock.items():
+        for stage, seconds in parts.items():
             totals[stage] += seconds / steps
     return {"stages": dict(totals), "terms": first_terms}
 
@@ -201,9 +203,10 @@ def extract_before(revision: str, folder: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def run_worker(env: dict[str, str] | None, prototypes: int, steps: int, n_local: int) -> dict:
+def run_worker(env: dict[str, str] | None, prototypes: int, args: argparse.Namespace) -> dict:
+    steps, n_local, threads, clock = args.steps, args.n_local, args.threads, args.clock
     command = [sys.executable, __file__, "--worker", str(prototypes), "--steps", str(steps)]
-    command += ["--n-local", str(n_local)]
+    command += ["--n-local", str(n_local), "--threads", str(threads), "--clock", clock]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
@@ -220,7 +223,7 @@ def cpu_comparison(args: argparse.Namespace) -> None:
             runs: dict[str, list[dict]] = {"before": [], "after": []}
             for _ in range(args.rounds):
                 for name, env in (("before", before_env), ("after", after_env)):
-                    runs[name].append(run_worker(env, prototypes, args.steps, args.n_local))
+                    runs[name].append(run_worker(env, prototypes, args))
             report_cpu(prototypes, runs, args)
 
 
@@ -232,7 +235,7 @@ def report_cpu(prototypes: int, runs: dict[str, list[dict]], args: argparse.Name
     print(
         f"\nCPU, ViT-S/16 at 224 px, 2 global + {args.n_local} local crops, batch 8, two "
         f"ViT-S/16 experts, fp32, {prototypes:,} prototypes; {args.rounds} alternating rounds "
-        f"x {args.steps} steps, ms per step:"
+        f"x {args.steps} steps; ms per step ({args.clock} time, {args.threads} thread(s)):"
     )
     print(f"  {'stage':<16}{'before':>9}{'after':>9}{'after/before':>14}")
     for stage in (*STAGES, "whole step"):
@@ -314,10 +317,17 @@ def main() -> None:
         "--after", default=None, help="a git revision measured as after (default: as installed)"
     )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: the compute thread's CPU time (steady on a shared machine; use --threads 1)",
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.steps, args.n_local)))
+        print(json.dumps(worker(args.worker, args.steps, args.n_local, args.threads, args.clock)))
         return
     print("Each round runs before, then after, in fresh processes; the machine may be shared.")
     cpu_comparison(args)

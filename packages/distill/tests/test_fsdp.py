@@ -82,9 +82,12 @@ def _worker(rank: int, port: int, out: str) -> None:
     model, _, losses = _run(True, batches)
     teacher_shard = next(model.teacher.parameters())
     assert type(teacher_shard).__name__ == "DTensor"  # the teacher is sharded like the student
-    whole = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    whole = {k: v.clone() for k, v in get_model_state_dict(model, options=options).items()}
+    model.keep_teacher_outputs = True
+    with torch.no_grad():
+        model(batches[0], teacher_temp=0.04)
+    statistics = model.collapse_statistics()  # gathers the sharded prototypes
 
     # Resume: one step, a sharded checkpoint, a fresh sharded model loads it, one more step.
     first, optimizer_first, _ = _run(True, batches[:1])
@@ -99,7 +102,11 @@ def _worker(rank: int, port: int, out: str) -> None:
                    optim_state_dict=state["optimizer"])  # fmt: skip
     resumed_loss = _step(resumed, optimizer_resumed, batches[1], seed=1)
     if rank == 0:
-        torch.save({"losses": losses, "whole": whole, "resumed": resumed_loss}, out)
+        rank_of_prototypes = statistics.prototype_rank
+        torch.save(
+            {"losses": losses, "whole": whole, "resumed": resumed_loss, "rank": rank_of_prototypes},
+            out,
+        )
     dist.destroy_process_group()
 
 
@@ -119,3 +126,7 @@ def test_fsdp2_two_processes_match_one_process_and_resume_exactly(tmp_path):
     for name, value in expected.items():
         torch.testing.assert_close(result["whole"][name], value, msg=name)
     assert result["resumed"] == result["losses"][1]  # bit for bit
+    model.keep_teacher_outputs = True
+    with torch.no_grad():
+        model(batches[0], teacher_temp=0.04)
+    assert result["rank"] == pytest.approx(model.collapse_statistics().prototype_rank)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gpfm.distill.diagnostics import CollapseStatistics, TeacherOutputs, collapse_statistics
+from gpfm.distill.distributed import is_sharded
 from gpfm.distill.ema import TeacherEMA
 from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.experts import FrozenExpert
@@ -120,7 +121,8 @@ class DistillationModel(nn.Module):
     def collapse_statistics(self) -> CollapseStatistics:
         """Collapse diagnostics of the last forward pass (``gpfm.distill.diagnostics``).
 
-        Needs ``keep_teacher_outputs = True`` before that pass.
+        Needs ``keep_teacher_outputs = True`` before that pass. Under FSDP every process
+        must call it (the sharded prototypes are gathered).
         """
         if self.last_teacher_outputs is None:
             raise DistillConfigError(
@@ -128,7 +130,10 @@ class DistillationModel(nn.Module):
             )
         head = self.teacher["dino_head"]
         assert isinstance(head, DINOHead)
-        return collapse_statistics(self.last_teacher_outputs, head.last_layer.weight)
+        prototypes = head.last_layer.weight
+        if is_sharded(prototypes):
+            prototypes = prototypes.full_tensor()  # type: ignore[attr-defined]
+        return collapse_statistics(self.last_teacher_outputs, prototypes)
 
     @torch.no_grad()
     def expert_outputs(self, global_crops: Tensor) -> dict[str, dict[str, Tensor | None]]:
