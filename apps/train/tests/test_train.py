@@ -1,5 +1,7 @@
 import math
-import shutil
+import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -153,21 +155,44 @@ def test_command_line_reports_bad_configuration(tmp_path, capsys):
     assert "data.path" in capsys.readouterr().err
 
 
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_processes_with_accelerate_launch(tmp_path):
-    accelerate = shutil.which("accelerate") or str(
-        __import__("pathlib").Path(sys.executable).parent / "accelerate"
-    )
+    # accelerate's --cpu starts several processes only through mpirun; its torchrun launcher
+    # (--multi_gpu) starts them without it, and ACCELERATE_USE_CPU joins them over gloo.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "ACCELERATE_USE_CPU": "true",
+    }
     command = [
-        accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "gpfm.apps.train", "tiny_cpu", f"output_dir={tmp_path}", "max_steps=3",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        "-m", "gpfm.apps.train", "-v", "tiny_cpu", f"output_dir={tmp_path}", "max_steps=3",
         "checkpoint_every=3",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        assert re.search(rf"process {rank} of 2 on cpu\S* \(MULTI_CPU\)", done.stderr)
+        assert (tmp_path / "checkpoints" / "step_3" / f"random_states_{rank}.pkl").exists()
     assert (tmp_path / "export" / "encoder.json").exists()
     assert len(read_metrics(tmp_path / "logs" / "metrics.csv")) == 3
+
+
+def test_processes_that_did_not_join_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun says, while Accelerate sees one process
+    with pytest.raises(TrainingError, match="ACCELERATE_USE_CPU"):
+        train(tiny(tmp_path))
 
 
 def test_centres_are_identical_across_processes_after_all_reduce():
@@ -283,3 +308,21 @@ def test_list_items_are_overridden_and_errors_name_the_key():
     with pytest.raises(ValueError, match=r"^override max_steps: .*Integer") as error:
         load_config("tiny_cpu", ["max_steps=abc"])
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_and_compiled_blocks_keep_the_losses(tmp_path):
+    overrides = ["max_steps=2", "checkpoint_every=2", "data.synthetic_length=16"]
+    plain = train(tiny(tmp_path / "plain", *overrides))["history"]
+    switched = train(
+        tiny(
+            tmp_path / "switched",
+            *overrides,
+            "performance.activation_checkpointing=true",
+            "performance.compile=true",
+            "performance.compile_backend=eager",  # the wiring; inductor needs a C++ compiler
+        )
+    )["history"]
+    for expected, got in zip(plain, switched, strict=True):
+        for key in ("loss/total", "loss/dino", "loss/ibot", "loss/expert_a_patch"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-5), (got["step"], key)

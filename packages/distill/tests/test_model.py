@@ -128,7 +128,7 @@ def test_last_layers_of_every_head_are_frozen_by_their_schedule_and_their_norms_
     # (train.py:97-120); the weight-norm scale g trains (layers/dino_head.py:27-28).
     model = tiny_model().train()
     groups = model.parameter_groups()
-    last = {g["name"] for g in groups if g["is_last_layer"]}
+    last = {n for g in groups if g["is_last_layer"] for n in g["names"]}
     assert any(n.startswith("student.dino_head.last_layer.") for n in last)
     for expert in ("big", "cls_only"):
         assert any(n.startswith(f"loss.experts.heads.{expert}.last_layer.") for n in last)

@@ -1,9 +1,25 @@
-"""Collective operations that fall back to no-ops when torch.distributed is not initialised."""
+"""Collective operations that fall back to no-ops when torch.distributed is not initialised,
+and the local shards of sharded (FSDP2, DTensor) parameters."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    DTensor = None  # type: ignore[assignment,misc]
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter FSDP2 has sharded)."""
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself, or this process's shard of a DTensor (a view: updates land in place)."""
+    return tensor.to_local() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
 
 
 def is_distributed() -> bool:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -82,6 +83,22 @@ class ExpertDistillationLoss(nn.Module):
             log_target=True,
         )
 
+    @staticmethod
+    def _head_outputs(
+        head: nn.Module, cls_tokens: Tensor | None, patch_tokens: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The head on class tokens (B, D) and patch tokens (B, N, D), in one call when both
+        are needed (row by row the same values as two calls)."""
+        if cls_tokens is None or patch_tokens is None:
+            return (
+                None if cls_tokens is None else head(cls_tokens),
+                None if patch_tokens is None else head(patch_tokens),
+            )
+        batch, count, dim = patch_tokens.shape
+        out = head(torch.cat([cls_tokens, patch_tokens.reshape(batch * count, dim)]))
+        rows = cls_tokens.shape[0]
+        return out[:rows], out[rows:].reshape(batch, count, -1)
+
     def forward(
         self,
         student_cls: Tensor,
@@ -102,15 +119,20 @@ class ExpertDistillationLoss(nn.Module):
             if name not in expert_outputs:
                 raise KeyError(f"no output for expert {name!r}")
             outputs = expert_outputs[name]
-            head = self.heads[name]
-            if spec.cls_weight and outputs.get("cls") is not None:
-                target = outputs["cls"]
-                assert target is not None
-                terms[f"{name}_cls"] = spec.cls_weight * self._cls_term(head(student_cls), target)
-            patch = outputs.get("patch")
-            if spec.patch_weight and patch is not None:
+            cls_target = outputs.get("cls") if spec.cls_weight else None
+            patch = outputs.get("patch") if spec.patch_weight else None
+            predicted_cls, predicted_patch = self._head_outputs(
+                self.heads[name],
+                student_cls if cls_target is not None else None,
+                student_patch if patch is not None else None,
+            )
+            if cls_target is not None:
+                assert predicted_cls is not None
+                terms[f"{name}_cls"] = spec.cls_weight * self._cls_term(predicted_cls, cls_target)
+            if patch is not None:
                 target = resize_token_grid(patch, grid)
-                predicted = head(student_patch)
+                predicted = predicted_patch
+                assert predicted is not None
                 value = 0.9 * cosine_distance(predicted, target) + 0.1 * F.smooth_l1_loss(
                     fp32_or_wider(predicted), fp32_or_wider(target)
                 )

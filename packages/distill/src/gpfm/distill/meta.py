@@ -9,11 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from gpfm.distill.diagnostics import CollapseStatistics, TeacherOutputs, collapse_statistics
-from gpfm.distill.ema import update_ema
+from gpfm.distill.distributed import is_sharded
+from gpfm.distill.ema import TeacherEMA
 from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.experts import FrozenExpert
 from gpfm.distill.heads import DINOHead
-from gpfm.distill.optim import parameter_groups
+from gpfm.distill.optim import merge_parameter_groups, parameter_groups
 from gpfm.distill.unified import LossConfig, UnifiedDistillationLoss
 
 
@@ -75,8 +76,12 @@ class DistillationModel(nn.Module):
         self.experts: dict[str, FrozenExpert] = dict(experts)
         self.patch_size = int(backbone.patch_size)  # type: ignore[arg-type]
         self.num_layers = len(backbone.blocks)  # type: ignore[arg-type]
+        # FSDP wraps each transformer block, of student and teacher alike, as its own unit
+        # when Accelerate's TRANSFORMER_BASED_WRAP is given no class name.
+        self._no_split_modules = [type(b).__name__ for b in backbone.blocks[:1]]  # type: ignore[index]
         self.keep_teacher_outputs = False
         self.last_teacher_outputs: TeacherOutputs | None = None
+        self._ema: TeacherEMA | None = None  # paired on the first update, after any wrapping
 
     def _apply(self, fn: Any, recurse: bool = True) -> DistillationModel:
         super()._apply(fn, recurse)
@@ -91,9 +96,6 @@ class DistillationModel(nn.Module):
             expert.eval()
         return self
 
-    def _ibot_head(self, side: nn.ModuleDict) -> nn.Module:
-        return side["ibot_head"] if "ibot_head" in side else side["dino_head"]
-
     def forward(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Tensor]:
         """The loss terms of one multi-crop batch (see ``collate_multicrop``)."""
         targets = self.teacher_targets(batch, teacher_temp)
@@ -106,8 +108,9 @@ class DistillationModel(nn.Module):
         """Teacher targets of the global crops' class tokens and of the masked patch tokens."""
         masks = batch["masks"]
         teacher = self.teacher["backbone"](batch["global_crops"])
-        cls_logits = self.teacher["dino_head"](teacher["cls"])
-        patch_logits = self._ibot_head(self.teacher)(teacher["patch"][masks])
+        cls_logits, patch_logits = self._head_logits(
+            self.teacher, teacher["cls"], teacher["patch"][masks]
+        )
         cls, patch = self.loss.teacher_targets(cls_logits, patch_logits, teacher_temp)
         if self.keep_teacher_outputs:
             kept = TeacherOutputs(teacher["cls"], cls_logits, cls, teacher_temp)
@@ -118,7 +121,8 @@ class DistillationModel(nn.Module):
     def collapse_statistics(self) -> CollapseStatistics:
         """Collapse diagnostics of the last forward pass (``gpfm.distill.diagnostics``).
 
-        Needs ``keep_teacher_outputs = True`` before that pass.
+        Needs ``keep_teacher_outputs = True`` before that pass. Under FSDP every process
+        must call it (the sharded prototypes are gathered).
         """
         if self.last_teacher_outputs is None:
             raise DistillConfigError(
@@ -126,7 +130,10 @@ class DistillationModel(nn.Module):
             )
         head = self.teacher["dino_head"]
         assert isinstance(head, DINOHead)
-        return collapse_statistics(self.last_teacher_outputs, head.last_layer.weight)
+        prototypes = head.last_layer.weight
+        if is_sharded(prototypes):
+            prototypes = prototypes.full_tensor()  # type: ignore[attr-defined]
+        return collapse_statistics(self.last_teacher_outputs, prototypes)
 
     @torch.no_grad()
     def expert_outputs(self, global_crops: Tensor) -> dict[str, dict[str, Tensor | None]]:
@@ -135,18 +142,27 @@ class DistillationModel(nn.Module):
 
     def student_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Student tokens of all crops (global ones masked) and its prototype logits."""
-        crops = [batch["global_crops"]]
+        # One backbone call per crop size, global crops first (as the grouped call ran them, so
+        # stochastic depth draws the same numbers), without copying the crops into a list batch.
+        backbone = self.student["backbone"]
+        outputs = [backbone(batch["global_crops"], masks=batch["masks"])]
         if int(batch["n_local"]):
-            crops.append(batch["local_crops"])
-        outputs = self.student["backbone"](
-            crops, masks=[batch["masks"]] + [None] * (len(crops) - 1)
-        )
+            outputs.append(backbone(batch["local_crops"]))
         all_cls = torch.cat([out["cls"] for out in outputs])
-        return {
-            "global": outputs[0],
-            "cls_logits": self.student["dino_head"](all_cls),
-            "patch_logits": self._ibot_head(self.student)(outputs[0]["patch"][batch["masks"]]),
-        }
+        cls_logits, patch_logits = self._head_logits(
+            self.student, all_cls, outputs[0]["patch"][batch["masks"]]
+        )
+        return {"global": outputs[0], "cls_logits": cls_logits, "patch_logits": patch_logits}
+
+    def _head_logits(
+        self, side: nn.ModuleDict, cls_tokens: Tensor, patch_tokens: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Prototype logits of class tokens and masked patch tokens: one head call when the
+        iBOT head is the DINO head (row by row the same values as two calls, as DINOv2 does)."""
+        if "ibot_head" in side:
+            return side["dino_head"](cls_tokens), side["ibot_head"](patch_tokens)
+        logits = side["dino_head"](torch.cat([cls_tokens, patch_tokens]))
+        return logits[: cls_tokens.shape[0]], logits[cls_tokens.shape[0] :]
 
     def loss_terms(
         self,
@@ -178,7 +194,9 @@ class DistillationModel(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """EMA step of the teacher; call after each real optimiser step."""
-        update_ema(self.teacher, self.student, momentum)
+        if self._ema is None or not self._ema.tracks(self.teacher):
+            self._ema = TeacherEMA(self.teacher, self.student)
+        self._ema(momentum)
 
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The student's and the expert heads' parameters (never the teacher's or experts')."""
@@ -187,16 +205,22 @@ class DistillationModel(nn.Module):
         return [(n, p) for n, p in named if p.requires_grad]
 
     def parameter_groups(
-        self, layer_decay: float = 0.9, patch_embed_lr_mult: float = 0.2
+        self, layer_decay: float = 0.9, patch_embed_lr_mult: float = 0.2, merge: bool = True
     ) -> list[dict[str, Any]]:
-        """AdamW groups with layer-wise lr decay over the student backbone (see ``optim``)."""
-        return parameter_groups(
+        """AdamW groups with layer-wise lr decay over the student backbone (see ``optim``).
+
+        Parameters with equal settings share a group (``names`` lists them), so that a
+        foreach or fused AdamW updates each group in a few kernels; ``merge=False`` gives one
+        group per parameter (``name``), as before.
+        """
+        groups = parameter_groups(
             self.trainable_named_parameters(),
             self.num_layers,
             layer_decay=layer_decay,
             patch_embed_lr_mult=patch_embed_lr_mult,
             backbone_prefix="student.backbone.",
         )
+        return merge_parameter_groups(groups) if merge else groups
 
     def clipping_groups(self) -> list[list[nn.Parameter]]:
         """The parameter sets whose gradient norms are clipped, each on its own.

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gpfm.distill.distributed import is_sharded
+
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _EMBEDDINGS = ("patch_embed", "pos_embed", "cls_token", "reg_token", "mask_token")
 
@@ -65,6 +67,46 @@ def parameter_groups(
             }
         )
     return groups
+
+
+def merge_parameter_groups(groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups with equal ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer`` merged.
+
+    ViT-L/14 with its heads has ~300 per-parameter groups and ~30 distinct settings: merged,
+    a foreach or fused AdamW updates each in a few kernels instead of one per parameter. The
+    update is the same (AdamW is elementwise); ``names`` lists the parameters of each group.
+    """
+    merged: dict[tuple[float, float, bool], dict[str, Any]] = {}
+    for group in groups:
+        key = (group["lr_multiplier"], group["wd_multiplier"], group["is_last_layer"])
+        target = merged.setdefault(
+            key,
+            {
+                "params": [],
+                "names": [],
+                "lr_multiplier": key[0],
+                "wd_multiplier": key[1],
+                "is_last_layer": key[2],
+            },
+        )
+        target["params"].extend(group["params"])
+        target["names"].extend(group.get("names", [group.get("name")]))
+    return list(merged.values())
+
+
+def adamw(
+    groups: list[dict[str, Any]], betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.AdamW:
+    """AdamW with the fastest implementation the parameters' device has: fused on CUDA,
+    ``foreach`` (multi-tensor kernels) elsewhere; the update is AdamW's either way.
+
+    Sharded parameters (FSDP2's DTensors) take the foreach implementation.
+    """
+    params = [p for group in groups for p in group["params"]]
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    if on_cuda and not any(is_sharded(p) for p in params):
+        return torch.optim.AdamW(groups, betas=betas, fused=True)
+    return torch.optim.AdamW(groups, betas=betas, foreach=True)
 
 
 def apply_schedules(

@@ -86,6 +86,15 @@ class CollapseSettings:
 
 
 @dataclass
+class PerformanceSettings:
+    """Speed and memory switches; none changes the objective."""
+
+    compile: bool = False  # torch.compile each transformer block of student and teacher
+    compile_backend: str = "inductor"  # torch.compile backend ("eager" checks the wiring only)
+    activation_checkpointing: bool = False  # recompute the student's blocks in the backward
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/gpfm"
     seed: int = 0
@@ -109,6 +118,7 @@ class TrainConfig:
     )
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
 
 
 def bundled_configs() -> list[str]:

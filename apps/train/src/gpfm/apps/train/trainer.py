@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -40,6 +41,8 @@ from gpfm.distill import (
     gpfm_schedules,
     random_vit_expert,
 )
+from gpfm.distill.optim import adamw
+from gpfm.distill.performance import checkpoint_blocks, compile_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +136,36 @@ def export_teacher(model: DistillationModel, config: TrainConfig, folder: Path, 
     ``gpfm.backbone.load_encoder(folder)`` loads it back, with GPFM's preprocessing (resize to
     the student's input size, ImageNet mean/std) and the class token as the embedding.
     """
+    return export_encoder_folder(model.teacher["backbone"], config, folder, step)
+
+
+def full_teacher_backbone(
+    accelerator: Accelerator, model: torch.nn.Module, config: TrainConfig
+) -> torch.nn.Module:
+    """The teacher backbone with whole (unsharded) weights.
+
+    Under FSDP every process must call this (the shards are gathered); the whole weights are
+    on the main process, in a fresh CPU copy of the architecture.
+    """
+    if accelerator.distributed_type != DistributedType.FSDP:
+        unwrapped: DistillationModel = accelerator.unwrap_model(model)
+        return unwrapped.teacher["backbone"]
+    state = accelerator.get_state_dict(model)  # whole tensors on the main process only
+    backbone = build_student(config, load_weights=False)
+    if accelerator.is_main_process:
+        prefix = "teacher.backbone."
+        backbone.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+    return backbone
+
+
+def export_encoder_folder(
+    backbone: torch.nn.Module, config: TrainConfig, folder: Path, step: int
+) -> Path:
+    """``export_teacher`` for a teacher backbone already in hand (e.g. gathered from shards)."""
     return export_encoder(
-        model.teacher["backbone"],
+        backbone,
         folder,
         name=Path(config.output_dir).name,
         architecture=config.student.arch,
@@ -191,14 +222,24 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             project_dir=str(output), logging_dir=str(output / "logs")
         ),
     )
+    _check_processes_joined(accelerator)
     set_seed(config.seed)
+    logger.info(
+        "process %d of %d on %s (%s)",
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+        accelerator.distributed_type.value,
+    )
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(to_yaml(config))
     accelerator.init_trackers("gpfm_train", config=to_flat_dict(config))
 
     model = build_model(config)
-    optimizer = torch.optim.AdamW(
+    if config.performance.activation_checkpointing:
+        checkpoint_blocks(model.student["backbone"])
+    optimizer = adamw(
         model.parameter_groups(config.optim.layer_decay, config.optim.patch_embed_lr_mult),
         betas=(float(config.optim.adam_betas[0]), float(config.optim.adam_betas[1])),
     )
@@ -246,6 +287,10 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     )
 
     unwrapped: DistillationModel = accelerator.unwrap_model(model)
+    if config.performance.compile:
+        for side in (unwrapped.student, unwrapped.teacher):
+            compile_blocks(side["backbone"], backend=config.performance.compile_backend)
+    clipped = unwrapped.clipping_groups()  # the student's parameters, listed once
     history: list[dict[str, float]] = []
     progress = tqdm(
         total=config.max_steps,
@@ -282,8 +327,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
                 sums[name] = sums.get(name, 0.0) + value.item() / accumulation
         if config.optim.clip_grad:
             accelerator.unscale_gradients()  # once, before clipping (fp16 only)
-            for parameters in unwrapped.clipping_groups():
-                torch.nn.utils.clip_grad_norm_(parameters, config.optim.clip_grad)
+            for parameters in clipped:
+                torch.nn.utils.clip_grad_norm_(parameters, config.optim.clip_grad, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         unwrapped.update_teacher(scheduled["momentum"])
@@ -312,11 +357,25 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     progress.close()
     unwrapped.keep_teacher_outputs, unwrapped.last_teacher_outputs = False, None
     export = None
-    if step >= config.max_steps and accelerator.is_main_process:
-        export = export_teacher(unwrapped, config, output / EXPORT_DIR, step)
+    if step >= config.max_steps:
+        teacher = full_teacher_backbone(accelerator, model, config)  # every process gathers
+        if accelerator.is_main_process:
+            export = export_encoder_folder(teacher, config, output / EXPORT_DIR, step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"history": history, "export": export, "step": step, "collapse": watch.message}
+
+
+def _check_processes_joined(accelerator: Accelerator) -> None:
+    """Refuse a launch whose processes would each train alone (and overwrite one another)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise TrainingError(
+            f"launched as {launched} processes, but Accelerate joined "
+            f"{accelerator.num_processes}: each would train alone. Without GPUs, set "
+            "ACCELERATE_USE_CPU=true (CPU processes join over gloo); Accelerate's FSDP needs "
+            "GPUs (see the gpfm-train guide, 'Scale')."
+        )
 
 
 def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
