@@ -11,7 +11,8 @@ through its own random rotation of the feature space, so a better encoder really
   third censored; every tile carries z;
 - ROI classification and retrieval: 4 classes, ROI features = class mean + noise, 6 ROIs per
   patient;
-- VQA and report generation: answers and reports that state the slide's class.
+- VQA and report generation: answers and reports that state the slide's class; their specs
+  train the LLM for a few steps only (``language`` settings), enough to run the protocol.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from gpfm.heads import write_features
 DEFAULT_ENCODERS: Mapping[str, float] = {"good": 1.0, "fair": 0.5, "poor": 0.15}
 SLIDE_CLASSES = ("benign", "in_situ", "invasive")
 ROI_CLASSES = ("tumour", "stroma", "immune", "necrosis")
+# Small enough for seconds per run on a CPU with SmolLM2-135M; the numbers are real, not good.
+SYNTHETIC_LANGUAGE: Mapping[str, Any] = {
+    "num_visual_tokens": 2,
+    "lora_r": 4,
+    "max_steps": 2,
+    "batch_size": 8,
+    "max_new_tokens": 8,
+    "max_train": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,7 @@ def make_synthetic_benchmark(
     epochs: int = 12,
     bootstrap: int = 200,
     seed: int = 0,
+    language: Mapping[str, Any] | None = None,
 ) -> SyntheticBenchmark:
     """Write one small task of each type under ``out`` (``tasks/`` specs, ``data/<task>/``).
 
@@ -155,6 +166,8 @@ def make_synthetic_benchmark(
         epochs: MIL training epochs written into the specs (the paper's protocol runs 100).
         bootstrap: resamples for the ROI confidence intervals.
         seed: seed of everything generated.
+        language: ``head.options`` of the VQA and report specs (``gpfm.bench.language.
+            LanguageOptions``); default: ``SYNTHETIC_LANGUAGE``, a few training steps.
     """
     out = Path(out)
     qualities = dict(encoders or DEFAULT_ENCODERS)
@@ -261,7 +274,7 @@ def make_synthetic_benchmark(
             )
         )
 
-    # VQA and report generation: answers that state the class; the heads do not exist yet.
+    # VQA and report generation: answers and reports that state the class.
     for task_type, name in (("vqa", "synthetic-vqa"), ("report_generation", "synthetic-report")):
         root = data / name
         labels, signals = _class_slides(rng, n_slides, tiles, latent)
@@ -297,6 +310,8 @@ def make_synthetic_benchmark(
                 "answers state the slide's class",
                 label={"column": "answer" if task_type == "vqa" else "report"},
                 split={"kind": "official"},
+                head={"name": "language", "options": dict(language or SYNTHETIC_LANGUAGE)},
+                metrics={"bootstrap": bootstrap},
             )
         )
 
@@ -310,4 +325,9 @@ def make_synthetic_benchmark(
     )
 
 
-__all__ = ["DEFAULT_ENCODERS", "SyntheticBenchmark", "make_synthetic_benchmark"]
+__all__ = [
+    "DEFAULT_ENCODERS",
+    "SYNTHETIC_LANGUAGE",
+    "SyntheticBenchmark",
+    "make_synthetic_benchmark",
+]
