@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -225,6 +226,16 @@ def read_cohort(spec: TaskSpec, data_root: str | Path) -> Cohort:
     )
 
 
+def write_labels(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a labels file (CSV, the columns of the first row) atomically; folders created."""
+    path = Path(path)
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def slide_feature_path(data_root: str | Path, encoder: str, slide_id: str) -> Path:
     """``<data_root>/features/<encoder>/<slide_id>.h5``."""
     return Path(data_root) / "features" / encoder / f"{slide_id}.h5"
@@ -342,5 +353,6 @@ __all__ = [
     "required_columns",
     "roi_feature_path",
     "slide_feature_path",
+    "write_labels",
     "write_roi_features",
 ]

@@ -70,6 +70,8 @@ class LanguageOptions:
         max_new_tokens: the longest answer or report generated, in tokens.
         prompt: the instruction of report generation.
         max_train: at most this many training samples (0: all), the first by row order.
+        system_prompt: the chat's system message ("": the LLM's own default); a short one
+            makes every sequence shorter, and training faster.
     """
 
     llm: str = SMOLLM2
@@ -82,6 +84,7 @@ class LanguageOptions:
     max_new_tokens: int = 32
     prompt: str = "Write the pathology report of this slide."
     max_train: int = 0
+    system_prompt: str = ""
 
 
 def language_options(spec: TaskSpec) -> LanguageOptions:
@@ -171,7 +174,11 @@ def _train_and_generate(
     llm, tokenizer = _fresh_llm(options.llm)
     dim = int(load_features(train[0].features).shape[1])
     model = VisionLanguageModel(
-        llm, tokenizer, visual_dim=dim, num_visual_tokens=options.num_visual_tokens
+        llm,
+        tokenizer,
+        visual_dim=dim,
+        num_visual_tokens=options.num_visual_tokens,
+        system_prompt=options.system_prompt or None,
     )
     if options.lora_r > 0:
         model.add_lora(r=options.lora_r, alpha=2 * options.lora_r, dropout=0.0)

@@ -17,7 +17,6 @@ through its own random rotation of the feature space, so a better encoder really
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from gpfm.bench.data import roi_feature_path, slide_feature_path, write_roi_features
+from gpfm.bench.data import (
+    roi_feature_path,
+    slide_feature_path,
+    write_labels,
+    write_roi_features,
+)
 from gpfm.bench.spec import TaskSpec, load_task, write_spec
 from gpfm.heads import write_features
 
@@ -77,14 +81,6 @@ class _Encoders:
             name: (q * signal @ self.rotations[name] + noise).astype(np.float32)
             for name, q in self.qualities.items()
         }
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _write_slides(
@@ -193,7 +189,7 @@ def make_synthetic_benchmark(
         {"slide_id": s, "patient_id": p, "label": SLIDE_CLASSES[y], "split": by_patient[p]}
         for s, p, y in zip(ids, patients, labels, strict=True)
     ]
-    _write_csv(root / "labels.csv", rows)
+    write_labels(root / "labels.csv", rows)
     specs.append(
         _spec(
             "synthetic-slide-classification",
@@ -228,7 +224,7 @@ def make_synthetic_benchmark(
                     "split": survival_split[patient],
                 }
             )
-    _write_csv(root / "labels.csv", rows)
+    write_labels(root / "labels.csv", rows)
     specs.append(
         _spec(
             "synthetic-survival",
@@ -259,7 +255,7 @@ def make_synthetic_benchmark(
             }
             for i, (roi, y) in enumerate(zip(roi_ids, roi_labels, strict=True))
         ]
-        _write_csv(root / "labels.csv", rows)
+        write_labels(root / "labels.csv", rows)
         features = coder.features(means[roi_labels])
         for encoder, values in features.items():
             write_roi_features(roi_feature_path(root, encoder), roi_ids, values, encoder=encoder)
@@ -302,7 +298,7 @@ def make_synthetic_benchmark(
                 }
                 for s, y, part in zip(ids, labels, split, strict=True)
             ]
-        _write_csv(root / "labels.csv", rows)
+        write_labels(root / "labels.csv", rows)
         specs.append(
             _spec(
                 name,
