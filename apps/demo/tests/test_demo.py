@@ -1,42 +1,42 @@
 import json
 
-from gpfm.apps.demo.__main__ import main, run, tissue_iou
+import numpy as np
+
+from gpfm.apps.demo.__main__ import main, tissue_iou
+from gpfm.bench.protocols import unavailable
+from gpfm.bench.spec import load_task
 
 
-def test_demo_chain_runs_and_writes_its_summary(tmp_path):
-    summary = run(tmp_path, num_slides=2, size=3000, seed=5, pretrain_steps=2)
-    assert [r["slide"] for r in summary["slides"]] == ["synthetic-00.tiff", "synthetic-01.tiff"]
-    for record in summary["slides"]:
-        assert record["tiles"] > 0
-        assert record["tissue_iou"] > 0.85
-        assert record["batch_shape"][1:] == [3, 224, 224]
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    assert (tmp_path / "tiles" / "qc" / "synthetic-00.png").exists()
-    pretraining = summary["pretraining"]
-    assert pretraining["steps"] == 2 and 0 < pretraining["last_dino_over_ln_k"] <= 1.5
-    assert pretraining["collapse"] is None
-    assert (tmp_path / "pretraining" / "export" / "encoder.json").exists()
-    probe = summary["tumour_probe"]
-    assert sum(probe["tiles"].values()) == sum(r["tiles"] for r in summary["slides"])
-    assert 0.0 <= probe["test_balanced_accuracy"] <= 1.0
-    assert 0.0 <= probe["initial_weights_test_balanced_accuracy"] <= 1.0
-    feature_files = sorted((tmp_path / "extracted" / "features").rglob("*.h5"))
-    assert [p.stem for p in feature_files] == ["synthetic-00", "synthetic-01"]
-
-
-def test_command_line_prints_one_line_per_slide(tmp_path, capsys):
-    assert (
-        main(["--out", str(tmp_path), "--slides", "1", "--size", "2500", "--pretrain-steps", "1"])
-        == 0
-    )
+def test_the_fast_demo_runs_from_pixels_to_a_leaderboard(tmp_path, capsys):
+    status = main(["--out", str(tmp_path), "--fast"])
     printed = capsys.readouterr().out
-    assert "synthetic-00.tiff" in printed and "tissue IoU" in printed
-    assert "x ln K" in printed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    specs = {p.stem: load_task(p) for p in (tmp_path / "cohort" / "tasks").glob("*.toml")}
+    assert sorted(spec.type for spec in specs.values()) == sorted(
+        ["slide_classification", "survival", "roi_classification", "roi_retrieval", "vqa",
+         "report_generation"]
+    )  # fmt: skip
+    assert all(record["tissue_iou"] > 0.85 for record in summary["tiling"])
+    assert summary["pretraining"]["collapse"] is None
+    jobs = summary["jobs"]
+    assert len(jobs) == 3 * 6 and {j["encoder"] for j in jobs} == {
+        "gpfm_tiny",
+        "expert_a",
+        "expert_b",
+    }
+    for job in jobs:  # every job done, except language tasks where the LLM is not installed
+        expected = "not_available" if unavailable(specs[job["task"]]) else "done"
+        assert job["status"] == expected, job
+    assert status == (0 if all(j["status"] == "done" for j in jobs) else 1)
+    assert "leaderboard (ours protocol" in printed and "report:" in printed
+    assert (tmp_path / "evaluation" / "report" / "report.html").exists()
+    # the slides were extracted once per encoder, shared by the three slide tasks
+    features = tmp_path / "evaluation" / "features" / "slides" / "features" / "expert_a"
+    assert len(list(features.glob("*.h5"))) == summary["cohort"]["slides"]
+    assert set(summary["seconds"]) >= {"cohort", "tiling", "pretraining", "evaluation", "total"}
 
 
 def test_tissue_iou():
-    import numpy as np
-
     a = np.zeros((4, 4), bool)
     b = a.copy()
     a[:2] = True

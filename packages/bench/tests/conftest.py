@@ -29,10 +29,13 @@ def synthetic(tmp_path_factory) -> SyntheticBenchmark:
 
 @pytest.fixture(scope="session")
 def ours_results(synthetic, tmp_path_factory) -> Path:
-    """Every synthetic task run for every encoder under protocol "ours"; the results folder."""
+    """Every synthetic task but the language ones (``test_language.py``) run for every encoder
+    under protocol "ours"; the results folder."""
     out = tmp_path_factory.mktemp("results")
     torch.set_num_threads(1)
     for spec in synthetic.specs:
+        if spec.type in ("vqa", "report_generation"):
+            continue
         for encoder in synthetic.encoders:
             run_task(spec, encoder, synthetic.data_roots[spec.name], out, protocol="ours")
     return out

@@ -15,4 +15,3 @@ def test_docs_example_runs(capsys):
     exec(compile(blocks[0], str(PAGE), "exec"), {"__name__": "__docs__"})
     printed = capsys.readouterr().out
     assert "72 paper tasks" in printed and "leaderboard (ours protocol, 4 tasks)" in printed
-    assert "synthetic-vqa not_available" in printed

@@ -99,4 +99,4 @@ def test_the_report_is_one_self_contained_page_and_markdown(tmp_path):
 @pytest.mark.slow
 def test_the_report_of_the_synthetic_run(ours_results, tmp_path):
     page = write_report(ours_results, tmp_path)
-    assert "synthetic-vqa" in page.read_text() and (tmp_path / "report.md").exists()
+    assert "synthetic-survival" in page.read_text() and (tmp_path / "report.md").exists()

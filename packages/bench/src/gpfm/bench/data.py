@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -64,9 +65,11 @@ class Cohort:
         members: the slide ids in each unit (one per unit, except patients with several).
         patients: (N,) patient id of each unit (the unit id when the file has none).
         split: (N,) ``train``/``val``/``test`` from the file, or None.
-        targets: ``label`` (class index) or ``time`` and ``event``; language tasks: none.
+        targets: ``label`` (class index) or ``time`` and ``event``; language tasks: the
+            texts to produce, ``answer`` (VQA) or ``report``, as object arrays.
         classes: class names in index order (classification).
         source: the labels file.
+        texts: inputs of language tasks: ``question`` (VQA), an object array.
     """
 
     ids: list[str]
@@ -76,6 +79,7 @@ class Cohort:
     targets: dict[str, np.ndarray]
     classes: tuple[str, ...] = ()
     source: Path = field(default_factory=Path)
+    texts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -190,10 +194,15 @@ def read_cohort(spec: TaskSpec, data_root: str | Path) -> Cohort:
                 )
     patient_of = [(row.get("patient_id") or "").strip() or ids[i] for i, row in enumerate(rows)]
     targets: dict[str, np.ndarray] = {}
+    texts: dict[str, np.ndarray] = {}
     classes: tuple[str, ...] = ()
     if spec.type == "survival":
         targets = _survival_targets(path, rows, spec)
-    elif spec.type not in LANGUAGE_COLUMNS:
+    elif spec.type in LANGUAGE_COLUMNS:
+        *inputs, output = LANGUAGE_COLUMNS[spec.type]
+        texts = {c: np.array([row[c].strip() for row in rows], dtype=object) for c in inputs}
+        targets = {output: np.array([row[output].strip() for row in rows], dtype=object)}
+    else:
         targets["label"], classes = _class_indices(
             path, rows, spec.label.column, spec.label.classes
         )
@@ -201,7 +210,8 @@ def read_cohort(spec: TaskSpec, data_root: str | Path) -> Cohort:
         np.array([row["split"].strip() for row in rows]) if spec.split.kind == "official" else None
     )
     if spec.label.unit != "patient":
-        return Cohort(ids, [[i] for i in ids], np.array(patient_of), split, targets, classes, path)
+        members = [[i] for i in ids]
+        return Cohort(ids, members, np.array(patient_of), split, targets, classes, path, texts)
     groups = _group_by_patient(path, rows, spec)
     first = np.array([members[0] for members in groups])
     return Cohort(
@@ -212,7 +222,18 @@ def read_cohort(spec: TaskSpec, data_root: str | Path) -> Cohort:
         targets={key: values[first] for key, values in targets.items()},
         classes=classes,
         source=path,
+        texts={key: values[first] for key, values in texts.items()},
     )
+
+
+def write_labels(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a labels file (CSV, the columns of the first row) atomically; folders created."""
+    path = Path(path)
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def slide_feature_path(data_root: str | Path, encoder: str, slide_id: str) -> Path:
@@ -332,5 +353,6 @@ __all__ = [
     "required_columns",
     "roi_feature_path",
     "slide_feature_path",
+    "write_labels",
     "write_roi_features",
 ]

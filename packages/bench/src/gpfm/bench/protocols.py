@@ -9,7 +9,8 @@
   ``nn.Linear``, its epoch chosen on validation), or a kNN probe (k chosen on validation);
   balanced accuracy, macro-F1 and macro-AUC with bootstrap intervals;
 - ROI retrieval: the training set is the database and the test ROIs the queries; Acc@1/3/5,
-  MVAcc@5 and mAP@5 (gpfm: the paper's Acc@k with its bootstrap).
+  MVAcc@5 and mAP@5 (gpfm: the paper's Acc@k with its bootstrap);
+- VQA and report generation: ``gpfm.bench.language``.
 
 In every protocol the test split's features are used only once the head is final, and its
 labels arrive sealed (``gpfm.bench.splits.TestLabels``) and are opened only after the test
@@ -33,6 +34,7 @@ import torch
 
 from gpfm.bench.data import Cohort, read_roi_features, roi_feature_path, slide_feature_path
 from gpfm.bench.errors import BenchError, SpecError
+from gpfm.bench.language import language_unavailable, run_report_generation, run_vqa
 from gpfm.bench.spec import TaskSpec
 from gpfm.bench.splits import Fold, sealed_test_labels
 from gpfm.heads import (
@@ -468,19 +470,21 @@ RUNNERS: dict[str, Callable[..., ProtocolOutput]] = {
     "roi_classification": run_roi_classification,
     "roi_retrieval": run_roi_retrieval,
 }
-NOT_AVAILABLE = {
-    "vqa": "gpfm-heads has no VQA head yet (it comes with the gpfm-heads language tasks)",
-    "report_generation": (
-        "gpfm-heads has no report generation head yet (it comes with the gpfm-heads language tasks)"
-    ),
-}
+RUNNERS["vqa"] = run_vqa
+RUNNERS["report_generation"] = run_report_generation
+
+
+def unavailable(spec: TaskSpec) -> str | None:
+    """Why ``spec`` cannot run in this environment (None: it can), with what to install."""
+    return language_unavailable(spec) if spec.type in ("vqa", "report_generation") else None
+
 
 __all__ = [
-    "NOT_AVAILABLE",
     "RUNNERS",
     "PatientBags",
     "ProtocolOutput",
     "run_mil",
     "run_roi_classification",
     "run_roi_retrieval",
+    "unavailable",
 ]

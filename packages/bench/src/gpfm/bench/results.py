@@ -24,7 +24,7 @@ from typing import Any
 
 from gpfm.bench.data import read_cohort, require_task
 from gpfm.bench.errors import ResultsError
-from gpfm.bench.protocols import NOT_AVAILABLE, RUNNERS
+from gpfm.bench.protocols import RUNNERS, unavailable
 from gpfm.bench.registry import get_task, shipped_task_files
 from gpfm.bench.spec import TaskSpec, load_task
 from gpfm.bench.splits import make_folds
@@ -218,8 +218,9 @@ def run_task(
         force: recompute even when a finished result with the same resolved spec exists.
 
     Returns:
-        The ``TaskResult``; ``status`` is ``not_available`` for VQA and report generation until
-        gpfm-heads has language heads.
+        The ``TaskResult``; ``status`` is ``not_available`` (``reason`` says what to install)
+        for VQA and report generation where the language extra or the LLM is missing; such a
+        result is recomputed by the next call.
 
     Raises:
         DataMissingError, LabelFileError, SpecError: the data or the spec are not usable.
@@ -234,7 +235,7 @@ def run_task(
     path = result_path(out, protocol, encoder, spec.name)
     if path.exists() and not force:
         previous = read_result(path)
-        if previous.spec_hash == spec_hash and previous.status in ("done", "not_available"):
+        if previous.spec_hash == spec_hash and previous.status == "done":
             logger.info("%s: finished result reused (force=True recomputes)", path)
             return previous
         logger.info("%s: the spec changed since it was written; recomputing", path)
@@ -254,9 +255,10 @@ def run_task(
         path=path,
     )
     start = time.perf_counter()
-    if spec.type in NOT_AVAILABLE:
-        result.status, result.reason = "not_available", NOT_AVAILABLE[spec.type]
-        logger.warning("%s: not available: %s", spec.name, result.reason)
+    reason = unavailable(resolved)
+    if reason is not None:
+        result.status, result.reason = "not_available", reason
+        logger.warning("%s: %s", spec.name, result.reason)
     else:
         root = Path(data_root)
         require_task(resolved, root, encoder)

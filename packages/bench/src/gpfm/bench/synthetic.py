@@ -11,12 +11,12 @@ through its own random rotation of the feature space, so a better encoder really
   third censored; every tile carries z;
 - ROI classification and retrieval: 4 classes, ROI features = class mean + noise, 6 ROIs per
   patient;
-- VQA and report generation: answers and reports that state the slide's class.
+- VQA and report generation: answers and reports that state the slide's class; their specs
+  train the LLM for a few steps only (``language`` settings), enough to run the protocol.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,27 @@ from typing import Any
 
 import numpy as np
 
-from gpfm.bench.data import roi_feature_path, slide_feature_path, write_roi_features
+from gpfm.bench.data import (
+    roi_feature_path,
+    slide_feature_path,
+    write_labels,
+    write_roi_features,
+)
 from gpfm.bench.spec import TaskSpec, load_task, write_spec
 from gpfm.heads import write_features
 
 DEFAULT_ENCODERS: Mapping[str, float] = {"good": 1.0, "fair": 0.5, "poor": 0.15}
 SLIDE_CLASSES = ("benign", "in_situ", "invasive")
 ROI_CLASSES = ("tumour", "stroma", "immune", "necrosis")
+# Small enough for seconds per run on a CPU with SmolLM2-135M; the numbers are real, not good.
+SYNTHETIC_LANGUAGE: Mapping[str, Any] = {
+    "num_visual_tokens": 2,
+    "lora_r": 4,
+    "max_steps": 2,
+    "batch_size": 8,
+    "max_new_tokens": 8,
+    "max_train": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -67,14 +81,6 @@ class _Encoders:
             name: (q * signal @ self.rotations[name] + noise).astype(np.float32)
             for name, q in self.qualities.items()
         }
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _write_slides(
@@ -141,6 +147,7 @@ def make_synthetic_benchmark(
     epochs: int = 12,
     bootstrap: int = 200,
     seed: int = 0,
+    language: Mapping[str, Any] | None = None,
 ) -> SyntheticBenchmark:
     """Write one small task of each type under ``out`` (``tasks/`` specs, ``data/<task>/``).
 
@@ -155,6 +162,8 @@ def make_synthetic_benchmark(
         epochs: MIL training epochs written into the specs (the paper's protocol runs 100).
         bootstrap: resamples for the ROI confidence intervals.
         seed: seed of everything generated.
+        language: ``head.options`` of the VQA and report specs (``gpfm.bench.language.
+            LanguageOptions``); default: ``SYNTHETIC_LANGUAGE``, a few training steps.
     """
     out = Path(out)
     qualities = dict(encoders or DEFAULT_ENCODERS)
@@ -180,7 +189,7 @@ def make_synthetic_benchmark(
         {"slide_id": s, "patient_id": p, "label": SLIDE_CLASSES[y], "split": by_patient[p]}
         for s, p, y in zip(ids, patients, labels, strict=True)
     ]
-    _write_csv(root / "labels.csv", rows)
+    write_labels(root / "labels.csv", rows)
     specs.append(
         _spec(
             "synthetic-slide-classification",
@@ -215,7 +224,7 @@ def make_synthetic_benchmark(
                     "split": survival_split[patient],
                 }
             )
-    _write_csv(root / "labels.csv", rows)
+    write_labels(root / "labels.csv", rows)
     specs.append(
         _spec(
             "synthetic-survival",
@@ -246,7 +255,7 @@ def make_synthetic_benchmark(
             }
             for i, (roi, y) in enumerate(zip(roi_ids, roi_labels, strict=True))
         ]
-        _write_csv(root / "labels.csv", rows)
+        write_labels(root / "labels.csv", rows)
         features = coder.features(means[roi_labels])
         for encoder, values in features.items():
             write_roi_features(roi_feature_path(root, encoder), roi_ids, values, encoder=encoder)
@@ -261,7 +270,7 @@ def make_synthetic_benchmark(
             )
         )
 
-    # VQA and report generation: answers that state the class; the heads do not exist yet.
+    # VQA and report generation: answers and reports that state the class.
     for task_type, name in (("vqa", "synthetic-vqa"), ("report_generation", "synthetic-report")):
         root = data / name
         labels, signals = _class_slides(rng, n_slides, tiles, latent)
@@ -289,7 +298,7 @@ def make_synthetic_benchmark(
                 }
                 for s, y, part in zip(ids, labels, split, strict=True)
             ]
-        _write_csv(root / "labels.csv", rows)
+        write_labels(root / "labels.csv", rows)
         specs.append(
             _spec(
                 name,
@@ -297,6 +306,8 @@ def make_synthetic_benchmark(
                 "answers state the slide's class",
                 label={"column": "answer" if task_type == "vqa" else "report"},
                 split={"kind": "official"},
+                head={"name": "language", "options": dict(language or SYNTHETIC_LANGUAGE)},
+                metrics={"bootstrap": bootstrap},
             )
         )
 
@@ -310,4 +321,9 @@ def make_synthetic_benchmark(
     )
 
 
-__all__ = ["DEFAULT_ENCODERS", "SyntheticBenchmark", "make_synthetic_benchmark"]
+__all__ = [
+    "DEFAULT_ENCODERS",
+    "SYNTHETIC_LANGUAGE",
+    "SyntheticBenchmark",
+    "make_synthetic_benchmark",
+]

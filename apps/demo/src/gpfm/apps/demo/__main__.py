@@ -1,19 +1,22 @@
-"""gpfm-demo: the toolkit's chain at toy scale on slides it generates.
+"""gpfm-demo: the whole toolkit at toy scale on data it generates, from pixels to a leaderboard.
 
-    gpfm-demo --out demo-output [--slides 3] [--size 6000]
+    gpfm-demo --out demo-output [--fast]
 
-1. makes a small cohort of synthetic H&E slides (pyramidal JPEG TIFFs with known tissue);
-2. tiles them with ``gpfm-slide tile`` (coords HDF5, tissue GeoJSON, QC PNG, manifest);
-3. reads every tile back with the fast reader and batches a few through a torch DataLoader;
-4. scores the tissue detection against the generator's ground truth;
-5. pretrains a tiny ViT with GPFM's unified distillation (two tiny random experts) on tiles
-   sampled from those slides, exports its teacher, and reports the DINO loss ÷ ln K at the end
-   (1.0: the teacher's targets are uniform and nothing is learned) and any collapse;
-6. extracts every tile's features with the exported teacher through gpfm-extract (HDF5, one
-   file per slide) and fits a linear probe for tumour vs. non-tumour tiles (ground truth from the
-   generator), validated and tested on held-out slides, next to the same probe on the
-   encoder's initial weights (what pretraining added);
-and writes ``summary.json``. The benchmark's leaderboard joins when it lands.
+1. cohort: synthetic H&E slides (known tissue and tumour), ROI crops cut from them, and one
+   task of each of the six types whose labels come from the generator's ground truth
+   (``gpfm.apps.demo.cohort``);
+2. tiling: ``gpfm-slide tile`` (coords HDF5, tissue GeoJSON, QC PNG), scored against the true
+   tissue masks (IoU);
+3. experts: two tiny random ViTs exported as encoders;
+4. pretraining: a tiny GPFM student distilled from those two experts with gpfm-train's
+   ``tiny_cpu`` recipe on tiles of the slides, teacher exported as an encoder;
+5. evaluation: gpfm-evaluate on the student and the two experts: features through
+   gpfm-extract (slides) and the encoders' transforms (ROI images), then slide classification,
+   survival, ROI classification, ROI retrieval, VQA and report generation (SmolLM2-135M with
+   LoRA), leaderboard and HTML report.
+
+Writes ``summary.json`` with every number and the seconds per stage, prints the leaderboard
+and where the report is. Every number is computed by the run.
 """
 
 from __future__ import annotations
@@ -29,28 +32,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+import torch
 
-from gpfm.apps.extract import extract
+from gpfm.apps.demo.cohort import CohortSize, make_cohort
+from gpfm.apps.evaluate import evaluate
+from gpfm.apps.evaluate.run import scores_text, summary_lines
 from gpfm.apps.train.config import load_config
-from gpfm.apps.train.trainer import export_initial_teacher, train
-from gpfm.backbone import load_encoder
-from gpfm.heads import balanced_accuracy, fit_linear_probe, read_features
-from gpfm.slide import (
-    PatchDataset,
-    SyntheticSlide,
-    Tiles,
-    make_synthetic_slide,
-    open_slide,
-    read_coords,
-    read_tiles,
-    segment_tissue,
-)
+from gpfm.apps.train.trainer import train
+from gpfm.backbone import create_vit, export_encoder
+from gpfm.bench.leaderboard import Leaderboard
+from gpfm.slide import open_slide, read_coords, segment_tissue
 from gpfm.slide.cli import main as slide_cli
 from gpfm.slide.storage import atomic_path
 
 logger = logging.getLogger("gpfm.apps.demo")
+
+FULL = CohortSize(slides=12, width=3000, rois_per_class=3, language_steps=6, report_tokens=12)
+FAST = CohortSize(slides=8, width=2000, rois_per_class=2, language_steps=1, report_tokens=6)
+# The two experts of the tiny_cpu recipe: (architecture, create_vit overrides).
+EXPERTS = {
+    "expert_a": ("vit_tiny_patch16", {"depth": 1, "img_size": 64}),
+    "expert_b": ("vit_tiny_patch14", {"depth": 1, "img_size": 56, "embed_dim": 96, "num_heads": 3}),
+}
+STUDENT = "gpfm_tiny"
 
 
 def tissue_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -59,23 +63,37 @@ def tissue_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
 
 
-def pretrain(out: Path, coords_dir: Path, steps: int, seed: int) -> dict[str, Any]:
-    """A few steps of the ``tiny_cpu`` recipe on tiles of the demo slides."""
-    config = load_config(
-        "tiny_cpu",
-        [
-            f"output_dir={out / 'pretraining'}",
-            f"max_steps={steps}",
-            f"checkpoint_every={steps}",
-            f"seed={seed}",
-            "data.source=slides",
-            f"data.path={coords_dir}",
-            "data.patches_per_slide=32",
-        ],
-    )
+def export_experts(folder: Path, seed: int) -> dict[str, Path]:
+    """The two tiny random experts, seeded, as encoder folders that gpfm-extract and
+    gpfm-train both load."""
+    exported = {}
+    for index, (name, (architecture, overrides)) in enumerate(EXPERTS.items()):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1 + index)
+            model = create_vit(architecture, **overrides)
+        exported[name] = export_encoder(model, folder / name, name=name, architecture=architecture)
+    return exported
+
+
+def pretrain(
+    out: Path, coords_dir: Path, experts: dict[str, Path], steps: int, seed: int
+) -> dict[str, Any]:
+    """``steps`` of the ``tiny_cpu`` recipe on tiles of the slides, distilling from
+    ``experts``; the teacher is exported as ``<out>/gpfm_tiny/export``."""
+    overrides = [
+        f"output_dir={out / STUDENT}",
+        f"max_steps={steps}",
+        f"checkpoint_every={steps}",
+        f"seed={seed}",
+        "data.source=slides",
+        f"data.path={coords_dir}",
+        "data.patches_per_slide=32",
+    ]
+    for index, folder in enumerate(experts.values()):
+        overrides += [f"experts.{index}.encoder={folder}", f"experts.{index}.random_init=false"]
+    config = load_config("tiny_cpu", overrides)
     result = train(config)
     history = result["history"]
-    initial = export_initial_teacher(config, out / "pretraining" / "initial")
     ln_k = math.log(config.loss.prototypes)
     return {
         "steps": result["step"],
@@ -85,136 +103,116 @@ def pretrain(out: Path, coords_dir: Path, steps: int, seed: int) -> dict[str, An
         "last_dino_over_ln_k": round(history[-1]["loss/dino"] / ln_k, 4) if history else None,
         "collapse": result["collapse"],
         "export": str(result["export"]),
-        "initial_export": str(initial),
     }
 
 
-def tile_tumour_labels(synthetic: SyntheticSlide, tiles: Tiles) -> np.ndarray:
-    """1 where the generator painted tumour under the tile's centre, else 0."""
-    centres = (tiles.coords + tiles.patch_size_level0 // 2) // synthetic.mask_downsample
-    rows = np.clip(centres[:, 1], 0, synthetic.tumour_mask.shape[0] - 1)
-    cols = np.clip(centres[:, 0], 0, synthetic.tumour_mask.shape[1] - 1)
-    return synthetic.tumour_mask[rows, cols].astype(np.int64)
-
-
-def features_and_probe(
-    out: Path,
-    cohort: list[SyntheticSlide],
-    coords_dir: Path,
-    export: Path,
-    initial: Path | None = None,
-) -> dict[str, Any]:
-    """Features of every tile with the exported encoder (gpfm-extract), then a tumour linear
-    probe; with ``initial``, the same probe on the features of the encoder's initial weights."""
-    features_dir, per_slide = _extracted(out / "extracted", cohort, coords_dir, export)
-    result: dict[str, Any] = {"features": str(features_dir), **_probe(per_slide)}
-    if initial is not None and "test_balanced_accuracy" in result:
-        _, baseline = _extracted(out / "extracted-initial", cohort, coords_dir, initial)
-        initial_probe = _probe(baseline)
-        result["initial_weights_test_balanced_accuracy"] = initial_probe["test_balanced_accuracy"]
-    return result
-
-
-def _extracted(
-    folder: Path, cohort: list[SyntheticSlide], coords_dir: Path, encoder: Path
-) -> tuple[Path, list[tuple[np.ndarray, np.ndarray]]]:
-    """Every tile's features through gpfm-extract, with each slide's tumour labels."""
-    summary = extract(
-        [s.path for s in cohort], folder, [str(encoder)], coords=coords_dir, progress=True
-    )
-    if not summary.ok:
-        raise RuntimeError(f"feature extraction failed; see {folder / 'manifest.jsonl'}")
-    features_dir = folder / "features" / load_encoder(encoder).name
-    per_slide = []
-    for synthetic in cohort:
-        tiles = read_coords(coords_dir / f"{synthetic.path.stem}.h5")
-        features = read_features(features_dir / f"{synthetic.path.stem}.h5").features
-        per_slide.append((features, tile_tumour_labels(synthetic, tiles)))
-    return features_dir, per_slide
-
-
-def _probe(per_slide: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """A linear probe's test balanced accuracy, on held-out slides where there are three or
-    more, else on a seeded split of the tiles."""
-    if len(per_slide) >= 3:
-        train = per_slide[:-2]
-        x_train = np.concatenate([f for f, _ in train])
-        y_train = np.concatenate([y for _, y in train])
-        (x_val, y_val), (x_test, y_test) = per_slide[-2], per_slide[-1]
-    else:
-        x_all = np.concatenate([f for f, _ in per_slide])
-        y_all = np.concatenate([y for _, y in per_slide])
-        order = np.random.default_rng(0).permutation(len(y_all))
-        thirds = np.array_split(order, 3)
-        x_train, y_train = x_all[thirds[0]], y_all[thirds[0]]
-        x_val, y_val = x_all[thirds[1]], y_all[thirds[1]]
-        x_test, y_test = x_all[thirds[2]], y_all[thirds[2]]
-    result: dict[str, Any] = {
-        "tiles": {"train": len(y_train), "val": len(y_val), "test": len(y_test)},
-    }
-    if min(len(np.unique(y)) for y in (y_train, y_val, y_test)) < 2:
-        result["skipped"] = "a split has tiles of one class only"
-        return result
-    probe = fit_linear_probe(x_train, y_train, x_val, y_val)
-    result["C"] = probe.C
-    result["test_balanced_accuracy"] = round(balanced_accuracy(y_test, probe.predict(x_test)), 4)
-    return result
-
-
-def run(
-    out: Path, num_slides: int = 3, size: int = 6000, seed: int = 0, pretrain_steps: int = 10
-) -> dict[str, Any]:
-    """Run the demo chain into ``out`` and return its summary."""
-    started = time.perf_counter()
-    slides_dir = out / "slides"
-    slides_dir.mkdir(parents=True, exist_ok=True)
-    cohort = []
-    for index in tqdm(range(num_slides), desc="generating slides", unit="slide"):
-        path = slides_dir / f"synthetic-{index:02d}.tiff"
-        cohort.append(make_synthetic_slide(path, size, int(size * 0.75), 0.5, seed=seed + index))
-
-    tiles_dir = out / "tiles"
-    status = slide_cli(["tile", *(str(s.path) for s in cohort), "--out", str(tiles_dir)])
+def _tile(cohort_slides: Sequence[Any], tiles_dir: Path) -> list[dict[str, Any]]:
+    status = slide_cli(["tile", *(str(s.path) for s in cohort_slides), "--out", str(tiles_dir)])
     if status != 0:
         raise RuntimeError(f"tiling failed; see {tiles_dir / 'manifest.jsonl'}")
-
-    per_slide = []
-    for synthetic in tqdm(cohort, desc="reading tiles", unit="slide"):
+    records = []
+    for synthetic in cohort_slides:
         tiles = read_coords(tiles_dir / "coords" / f"{synthetic.path.stem}.h5")
         with open_slide(synthetic.path) as slide:
             tissue = segment_tissue(slide, mpp=synthetic.mask_mpp)
-            truth = synthetic.tissue_mask[: tissue.mask.shape[0], : tissue.mask.shape[1]]
-            mark = time.perf_counter()
-            mean_rgb = np.zeros(3)
-            for _, pixels in read_tiles(slide, tiles):
-                mean_rgb += pixels.reshape(-1, 3).mean(0)
-            read_s = time.perf_counter() - mark
-        loader = DataLoader(PatchDataset(synthetic.path, tiles), batch_size=16, num_workers=0)
-        batch = next(iter(loader))
-        per_slide.append(
+        truth = synthetic.tissue_mask[: tissue.mask.shape[0], : tissue.mask.shape[1]]
+        records.append(
             {
                 "slide": synthetic.path.name,
                 "tiles": len(tiles),
                 "tissue_iou": round(tissue_iou(tissue.mask, truth), 4),
-                "tiles_per_s": round(len(tiles) / max(read_s, 1e-9), 1),
-                "mean_tile_rgb": [round(v, 1) for v in (mean_rgb / max(1, len(tiles)))],
-                "batch_shape": list(batch.shape),
             }
         )
-    pretraining = pretrain(out, tiles_dir / "coords", steps=pretrain_steps, seed=seed)
-    probe = features_and_probe(
-        out,
-        cohort,
-        tiles_dir / "coords",
-        Path(pretraining["export"]),
-        initial=Path(pretraining["initial_export"]),
+    return records
+
+
+def render_overview(board: Leaderboard, report: Path, path: Path) -> Path:
+    """One small PNG of what the report shows first: the leaderboard table above the report's
+    per-task bars (``figures/task_bars.png``), for the README."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = plt.imread(report / "figures" / "task_bars.png")
+    table = board.table()
+    height = bars.shape[0] / bars.shape[1] * 9
+    fig, (top, bottom) = plt.subplots(
+        2,
+        1,
+        figsize=(9, 0.35 * len(table) + 0.6 + height),
+        height_ratios=[0.35 * len(table), height],
     )
+    top.axis("off")
+    top.set_title(
+        f"leaderboard ({board.protocol} protocol, {len(board.scores)} tasks)", fontsize=10
+    )
+    cells = top.table(cellText=table[1:], colLabels=table[0], loc="center", cellLoc="left")
+    cells.auto_set_font_size(False)
+    cells.set_fontsize(8)
+    bottom.imshow(bars)
+    bottom.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def run(
+    out: Path, fast: bool = False, seed: int = 0, pretrain_steps: int | None = None
+) -> dict[str, Any]:
+    """Run the demo chain into ``out`` and return its summary (also ``summary.json``)."""
+    size = FAST if fast else FULL
+    steps = pretrain_steps if pretrain_steps is not None else (3 if fast else 20)
+    seconds: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        seconds[name] = round(now - mark, 1)
+        mark = now
+
+    cohort = make_cohort(out / "cohort", size, seed)
+    stage("cohort")
+    tiling = _tile(cohort.slides, out / "tiles")
+    stage("tiling")
+    experts = export_experts(out / "experts", seed)
+    stage("experts")
+    pretraining = pretrain(out, out / "tiles" / "coords", experts, steps, seed)
+    stage("pretraining")
+    encoders = [pretraining["export"], *(str(p) for p in experts.values())]
+    records, boards = evaluate(
+        encoders,
+        ",".join(cohort.task_names),
+        cohort.data_root,
+        out / "evaluation",
+        task_folders=[cohort.tasks_dir],
+        coords=out / "tiles" / "coords",
+        echo=lambda line: None,
+    )
+    stage("evaluation")
+    by_type: dict[str, float] = {}
+    for record in records:
+        by_type[record["type"]] = round(by_type.get(record["type"], 0.0) + record["seconds"], 1)
+    board = boards.get("ours")
+    report = out / "evaluation" / "report"
+    if board is not None and (report / "figures" / "task_bars.png").exists():
+        render_overview(board, report, report / "overview.png")
     summary = {
-        "slides": per_slide,
+        "cohort": {
+            "slides": len(cohort.slides),
+            "rois": len(cohort.images),
+            "tumour_burden": [round(b, 3) for b in cohort.burdens],
+            "tasks": cohort.task_names,
+        },
+        "tiling": tiling,
         "pretraining": pretraining,
-        "tumour_probe": probe,
-        "outputs": {"slides": str(slides_dir), "tiles": str(tiles_dir)},
-        "seconds": round(time.perf_counter() - started, 1),
+        "jobs": records,
+        "leaderboard": str(board) if board is not None else None,
+        "scores": scores_text(board) if board is not None else None,
+        "report": str(report / "report.html"),
+        "seconds": {**seconds, "jobs_by_type": by_type, "total": round(sum(seconds.values()), 1)},
     }
     with atomic_path(out / "summary.json") as temporary:
         temporary.write_text(json.dumps(summary, indent=2))
@@ -222,41 +220,39 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gpfm-demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="gpfm-demo", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    parser.add_argument("--slides", type=int, default=3, help="number of synthetic slides")
-    parser.add_argument("--size", type=int, default=6000, help="slide width in pixels")
+    parser.add_argument("--fast", action="store_true", help="the smaller run of the CI test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain-steps", type=int, default=10, help="distillation steps")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="distillation steps")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    summary = run(args.out, args.slides, args.size, args.seed, args.pretrain_steps)
-    for record in summary["slides"]:
-        print(
-            f"{record['slide']}: {record['tiles']} tiles, tissue IoU {record['tissue_iou']:.3f} "
-            f"vs ground truth, read at {record['tiles_per_s']:.0f} tiles/s"
-        )
+    summary = run(args.out, args.fast, args.seed, args.pretrain_steps)
+    cohort = summary["cohort"]
+    print(f"cohort: {cohort['slides']} slides, {cohort['rois']} ROI images, 6 tasks")
+    for record in summary["tiling"]:
+        print(f"{record['slide']}: {record['tiles']} tiles, tissue IoU {record['tissue_iou']:.3f}")
     pretraining = summary["pretraining"]
     print(
         f"pretraining: {pretraining['steps']} steps, total loss {pretraining['first_total_loss']}"
         f" -> {pretraining['last_total_loss']}; DINO loss at the end "
-        f"{pretraining['last_dino_over_ln_k']:.3f} x ln K (1.0 = uniform targets, nothing "
-        f"learned); teacher exported to {pretraining['export']}"
+        f"{pretraining['last_dino_over_ln_k']:.3f} x ln K (1.0 = uniform targets)"
     )
-    if pretraining["collapse"]:
-        print(f"pretraining collapsed: {pretraining['collapse']}")
-    probe = summary["tumour_probe"]
-    if "test_balanced_accuracy" in probe:
-        print(
-            f"tumour probe, balanced accuracy on held-out tiles ({probe['tiles']}): "
-            f"{probe['test_balanced_accuracy']:.3f} with the pretrained encoder, "
-            f"{probe['initial_weights_test_balanced_accuracy']:.3f} with its initial weights "
-            "(a few steps at toy scale: expect little difference)"
-        )
-    else:
-        print(f"tumour probe skipped: {probe['skipped']}")
-    print(f"demo finished in {summary['seconds']} s; outputs in {args.out}")
-    return 0
+    for line in summary_lines(summary["jobs"]):
+        print(line)
+    print(summary["scores"] or "")
+    print(summary["leaderboard"] or "no leaderboard: no job finished")
+    times = summary["seconds"]
+    print(
+        "seconds: "
+        + ", ".join(f"{k} {v}" for k, v in times.items() if k not in ("jobs_by_type", "total"))
+        + f"; total {times['total']}"
+    )
+    print(
+        "jobs by task type (s): " + ", ".join(f"{k} {v}" for k, v in times["jobs_by_type"].items())
+    )
+    print(f"report: {summary['report']}")
+    return 0 if all(r["status"] == "done" for r in summary["jobs"]) else 1
 
 
 if __name__ == "__main__":
