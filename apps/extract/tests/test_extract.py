@@ -337,27 +337,33 @@ class _PatchMean(torch.nn.Module):
         return self.embed(batch).mean(dim=(2, 3))
 
 
-@register_encoder(
-    "test-patch-mean",
-    embed_dim=8,
-    preprocessing=Preprocessing((224, 224), None, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-    requires_weights=False,
-    description="a patch embedding averaged over the tile (tests only)",
-)
-def _patch_mean() -> torch.nn.Module:
-    return _PatchMean()
+@pytest.fixture
+def patch_mean_encoder():
+    """``test-patch-mean`` in the zoo for one test only, so the zoo's own listings stay true."""
+    from gpfm.backbone.zoo import registry
+
+    register_encoder(
+        "test-patch-mean",
+        embed_dim=8,
+        preprocessing=Preprocessing((224, 224), None, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        requires_weights=False,
+        description="a patch embedding averaged over the tile (tests only)",
+        replace=True,
+    )(_PatchMean)
+    yield "test-patch-mean"
+    registry._REGISTRY.pop("test-patch-mean", None)
 
 
 @pytest.mark.parametrize("batch_size", [8, 7])
 def test_batches_joined_from_several_chunks_give_the_same_features(
-    slides_dir, monkeypatch, batch_size
+    slides_dir, monkeypatch, batch_size, patch_mean_encoder
 ):
     from gpfm.apps.extract import pipeline
     from gpfm.slide import tile
 
     monkeypatch.setattr(pipeline, "_MAX_CHUNK", 4)  # batches of 8: two chunks of 4
     torch.manual_seed(0)
-    encoder = load_encoder("test-patch-mean")
+    encoder = load_encoder(patch_mean_encoder)
     with open_slide(slides_dir / "alpha.tiff") as slide:
         tiles = tile(slide, mpp=0.5, patch_size=224, min_tissue=0)
         (features,) = pipeline.encode_tiles(slide, tiles, [encoder], batch_size=batch_size)
