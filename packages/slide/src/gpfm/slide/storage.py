@@ -23,6 +23,7 @@ damaged or foreign file with ``CoordsFileError`` naming the file and the field.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -122,6 +123,19 @@ def remove_stale(folder: str | Path) -> list[Path]:
                 removed.append(Path(entry.path))
                 logger.info("removed %s, left by a killed write", entry.path)
     return removed
+
+
+def append_json_line(path: str | Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to ``path`` (created if missing).
+
+    The line goes out in a single write on an ``O_APPEND`` descriptor, so the lines of processes
+    appending to the same manifest at once never interleave.
+    """
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(descriptor)
 
 
 def _host_tag() -> str:
@@ -575,6 +589,7 @@ def _check_fit(path: Path, tiles: Tiles, slide: Slide | None) -> None:
 
 __all__ = [
     "COORDS_FORMAT_VERSION",
+    "append_json_line",
     "atomic_path",
     "coords_attributes",
     "custom_downsample",

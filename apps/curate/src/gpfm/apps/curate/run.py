@@ -40,7 +40,7 @@ from gpfm.slide import open_slide, segment_tissue, tile
 from gpfm.slide.curation import curate_patches
 from gpfm.slide.quality import QualityThresholds
 from gpfm.slide.sampling import SAMPLING_STRATEGIES, slide_quotas
-from gpfm.slide.storage import atomic_path
+from gpfm.slide.storage import append_json_line, atomic_path
 from gpfm.slide.store import Shard, rows_to_table, write_index, write_table
 
 logger = logging.getLogger("gpfm.apps.curate")
@@ -196,15 +196,6 @@ def _patch_rows(
     return rows, details
 
 
-def _append(manifest: Path, record: dict[str, Any]) -> None:
-    # One write on an O_APPEND descriptor: lines of concurrent processes never interleave.
-    descriptor = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(descriptor)
-
-
 def _check_config(store: Path, settings: CurateSettings, slides: Sequence[SlideEntry]) -> None:
     config = {
         "settings": settings.to_json(),
@@ -274,7 +265,7 @@ def curate(
 
     def finished(record: dict[str, Any]) -> None:
         record["process"] = rank
-        _append(store / MANIFEST, record)
+        append_json_line(store / MANIFEST, record)
         summary.records.append(record)
         bar.update(1)
         if record["status"] == "failed":

@@ -42,7 +42,7 @@ from gpfm.slide import (
     write_coords,
     write_qc_image,
 )
-from gpfm.slide.storage import atomic_path, coords_attributes
+from gpfm.slide.storage import append_json_line, atomic_path, coords_attributes
 
 logger = logging.getLogger("gpfm.apps.extract")
 
@@ -309,15 +309,6 @@ class _SlideJob:
         return lambda count: on_tiles(count, total)
 
 
-def _append(manifest: Path, record: dict[str, Any]) -> None:
-    # One write on an O_APPEND descriptor: lines of concurrent processes never interleave.
-    descriptor = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(descriptor)
-
-
 def _distribution() -> tuple[int, int]:
     """(this process's index, number of processes) under ``accelerate launch``/torchrun."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -411,7 +402,7 @@ def extract(
             config = {**asdict(settings), "encoders": [e.name for e in loaded]}
             temporary.write_text(json.dumps(config, indent=2))
     for name, reason in errors.items():
-        _append(manifest, {"encoder": name, "status": "failed", "error": reason})
+        append_json_line(manifest, {"encoder": name, "status": "failed", "error": reason})
         logger.error("encoder %s not loaded: %s", name, reason)
     if not loaded:
         return summary
@@ -428,7 +419,7 @@ def extract(
         slide_bar.set_postfix_str(item.slide_id)
         record = _one_slide(item, out, loaded, settings, on_tiles if progress else None)
         record["process"] = rank
-        _append(manifest, record)
+        append_json_line(manifest, record)
         summary.records.append(record)
         if record["status"] == "failed":
             tqdm.write(f"failed: {item.path}: {record['error']}", file=sys.stderr)
