@@ -1,3 +1,6 @@
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -52,6 +55,34 @@ def test_each_native_tile_is_decoded_once(synthetic):
         assert sum(1 for _ in reader) == len(tiles)
     columns, rows = -(-4000 // 256), -(-3000 // 256)
     assert len(decoded) == len(set(decoded)) == columns * rows
+
+
+def test_two_threads_decode_at_the_same_time(synthetic):
+    # Neighbouring chunks share the native tiles on their border; the chunk running beside
+    # another must not wait for all of it, or the threads take turns.
+    with open_slide(synthetic.path) as slide:
+        tiles = tile(slide, mpp=0.5, patch_size=224, min_tissue=0)
+        reader = TileReader(slide, tiles, num_workers=2, chunk_size=8)
+        decode = reader._decode
+        lock = threading.Lock()
+        running = [0]
+        overlapping = [0]
+
+        def slow(col: int, row: int) -> np.ndarray:
+            with lock:
+                overlapping[0] += running[0] > 0
+                running[0] += 1
+            time.sleep(0.002)  # the decoder releases the GIL; so does sleep
+            try:
+                return decode(col, row)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        reader._decode = slow
+        assert sum(1 for _ in reader) == len(tiles)
+    decodes = -(-4000 // 256) * -(-3000 // 256)
+    assert overlapping[0] >= decodes // 2, (overlapping[0], decodes)  # taking turns: ~1/3
 
 
 def test_edge_tiles_overhanging_the_slide_are_white_outside(synthetic):

@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 _FALLBACK_BLOCK = 512  # block side (level pixels) where the file stores no tiles
 _CHUNK = 32  # tiles per unit of thread work
 
-NativeTileFn = Callable[[int, int], np.ndarray]
 T = TypeVar("T")
 
 # An Adobe APP14 marker with transform 0: the stream's three components are R, G and B, as the
@@ -89,7 +88,8 @@ class TileReader:
     decodes (or takes from the other chunks') the native tiles it overlaps, cuts its tiles out of
     them into one (n, size, size, 3) array, and gives the native tiles back, so that the Python
     bookkeeping (locks, reference counts, futures) is paid per chunk and per native tile, not per
-    tile. The decoder runs without the GIL; what holds it is a few array copies per tile.
+    tile. The decoder runs without the GIL; what holds it is a few array copies per tile. A
+    reader reads its tiles once: the file it decodes from is closed at the end of the pass.
     """
 
     def __init__(
@@ -110,7 +110,6 @@ class TileReader:
         self.block_size: Size = native or (_FALLBACK_BLOCK, _FALLBACK_BLOCK)
         self.level_width, self.level_height = slide.level_dimensions[level]
         self._direct = _direct_tiff_decoder(slide, level, self.block_size)
-        self._decode: NativeTileFn = self._decode_block
         # np.rint rounds halves to even, as Python's round in _level_origin does.
         self._origins = np.rint(
             np.asarray(tiles.coords, dtype=np.float64).reshape(-1, 2) / tiles.level_downsample
@@ -132,6 +131,7 @@ class TileReader:
             for key in keys:
                 self._uses[key] = self._uses.get(key, 0) + 1
                 self._owner.setdefault(key, chunk)
+        self._shared = {key: uses > 1 for key, uses in self._uses.items()}
 
     @property
     def direct(self) -> bool:
@@ -164,6 +164,9 @@ class TileReader:
                         keys[col, row] = None
             chunks.append((start, stop, list(keys)))
         return chunks
+
+    def _decode(self, col: int, row: int) -> np.ndarray:
+        return self._decode_block(col, row)
 
     def _decode_block(self, col: int, row: int) -> np.ndarray:
         """Native tile (col, row) of the read level: directly if it decodes cleanly, else via
@@ -247,6 +250,12 @@ class TileReader:
             regions = np.empty((stop - start, size, size, 3), np.uint8)
         blocks: dict[tuple[int, int], np.ndarray] = {}
         try:
+            # Native tiles a later chunk also needs are decoded first: the next chunk, running
+            # at the same time on another thread, would otherwise wait for this whole chunk to
+            # reach the tile on their shared border, and the threads would take turns.
+            for key in keys:
+                if self._owner[key] == chunk and self._shared[key]:
+                    blocks[key] = self._block(key, chunk)
             for region, (origin_x, origin_y) in zip(
                 regions, self._origins[start:stop].tolist(), strict=True
             ):
@@ -327,19 +336,28 @@ class TileReader:
                 self.recycle(regions)
             return result
 
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="gpfm-tiles") as pool:
-            try:
-                submitted = 0
-                while submitted < total or pending:
-                    while submitted < total and len(pending) < window:
-                        start = self._chunks[submitted][0]
-                        pending.append((start, pool.submit(work, submitted)))
-                        submitted += 1
-                    start, future = pending.popleft()
-                    yield start, future.result()
-            finally:
-                for _, future in pending:
-                    future.cancel()
+        try:
+            with ThreadPoolExecutor(self.num_workers, thread_name_prefix="gpfm-tiles") as pool:
+                try:
+                    submitted = 0
+                    while submitted < total or pending:
+                        while submitted < total and len(pending) < window:
+                            start = self._chunks[submitted][0]
+                            pending.append((start, pool.submit(work, submitted)))
+                            submitted += 1
+                        start, future = pending.popleft()
+                        yield start, future.result()
+                finally:
+                    for _, future in pending:
+                        future.cancel()
+        finally:  # after the threads are done with it
+            self.close()
+
+    def close(self) -> None:
+        """Close the file the reader decodes from directly (done at the end of a pass: a reader
+        reads its tiles once)."""
+        if self._direct is not None:
+            self._direct.close()
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         for start, regions in self.chunks():
