@@ -4,6 +4,8 @@ On synthetic JPEG slides (0.5 µm/px), 512 px patches:
 
 1. Writing: patches/s of ``curate_patches`` + Parquet (read, quality checks, JPEG encode, write a
    part) ÷ ``read_tiles`` tiles/s on the same tiles (those the curator tried). Target >= 0.5.
+   Printed with it: the CPU time per tile of reading, of the quality checks and of the JPEG
+   encoding, and the ratio they allow when every core is busy.
 2. Bytes per patch in the Parquet store (JPEG quality 90).
 3. Training: images/s of gpfm-train's tiny configuration fed from the store (``data.source=hf``)
    ÷ fed from the same patches already decoded in memory. Target >= 0.9.
@@ -15,6 +17,7 @@ On synthetic JPEG slides (0.5 µm/px), 512 px patches:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -22,7 +25,8 @@ import time
 from pathlib import Path
 
 from gpfm.slide import make_synthetic_slide, open_slide, read_tiles, segment_tissue, tile
-from gpfm.slide.curation import curate_patches
+from gpfm.slide.curation import curate_patches, encode_jpeg
+from gpfm.slide.quality import QualityThresholds, measure
 from gpfm.slide.sampling import candidate_order, subset
 from gpfm.slide.store import Shard, rows_to_table, write_index, write_table
 
@@ -49,15 +53,38 @@ def curate_rate(paths: list[Path], tiles: list, count: int, out: Path) -> tuple[
     return written / (time.perf_counter() - start), tried
 
 
-def read_rate(paths: list[Path], tiles: list, tried: list[int]) -> float:
-    """tiles/s of ``read_tiles`` on the tiles the curator tried, in the same order."""
+def read_rate(paths: list[Path], tiles: list, tried: list[int]) -> tuple[float, float]:
+    """tiles/s of ``read_tiles`` on the tiles the curator tried, in the same order, and the CPU
+    seconds (all threads) per tile."""
     count = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for number, (path, grid) in enumerate(zip(paths, tiles, strict=True)):
         order = candidate_order(grid, number)[: tried[number]]
         with open_slide(path) as slide:
             count += sum(1 for _ in read_tiles(slide, subset(grid, order)))
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), (time.process_time() - cpu) / count
+
+
+def cpu_per_patch(paths: list[Path], tiles: list, tried: list[int]) -> tuple[float, float]:
+    """CPU seconds per patch of the quality checks and of the JPEG encoding, on one thread, on
+    the tried tiles already in memory (best of three)."""
+    pixels = []
+    for number, (path, grid) in enumerate(zip(paths, tiles, strict=True)):
+        order = candidate_order(grid, number)[: tried[number]]
+        with open_slide(path) as slide:
+            pixels += [rgb.copy() for _, rgb in read_tiles(slide, subset(grid, order))]
+    thresholds = QualityThresholds()
+    checks = encode = math.inf
+    for _ in range(3):
+        cpu = time.process_time()
+        for rgb in pixels:
+            measure(rgb, thresholds)
+        checks = min(checks, (time.process_time() - cpu) / len(pixels))
+        cpu = time.process_time()
+        for rgb in pixels:
+            encode_jpeg(rgb, 90)
+        encode = min(encode, (time.process_time() - cpu) / len(pixels))
+    return checks, encode
 
 
 def training_rates(store: Path, work: Path, steps: int, store_first: bool) -> tuple[float, float]:
@@ -122,17 +149,18 @@ def main() -> None:
             paths.append(path)
         _, tried = curate_rate(paths, grids, args.patches, work / "warm-up")  # not measured
         read_rate(paths, grids, tried)
-        writes, reads, ratios = [], [], []
+        writes, reads, ratios, read_cpus = [], [], [], []
         for round_number in range(args.rounds):
             store = work / f"store{round_number}"
             # A/B alternate, and swap who goes first each round.
             if round_number % 2 == 0:
                 write, tried = curate_rate(paths, grids, args.patches, store)
-                read = read_rate(paths, grids, tried)
+                read, read_cpu = read_rate(paths, grids, tried)
             else:
-                read = read_rate(paths, grids, tried)
+                read, read_cpu = read_rate(paths, grids, tried)
                 write, tried = curate_rate(paths, grids, args.patches, store)
             writes.append(write), reads.append(read), ratios.append(write / read)
+            read_cpus.append(read_cpu)
             print(
                 f"round {round_number}: curate+write {write:.1f} patches/s, read_tiles "
                 f"{read:.1f} tiles/s, tried {sum(tried)} for {args.patches * args.slides}"
@@ -150,6 +178,16 @@ def main() -> None:
             f"(median of {args.rounds} rounds; target >= 0.5)"
         )
         print(f"bytes per patch: {size / rows:,.0f} ({rows} patches of 512 px, JPEG quality 90)")
+        # Every patch tried is read and checked; every patch kept is encoded.
+        checks, encode = cpu_per_patch(paths, grids, tried)
+        reading = min(read_cpus)
+        kept = args.patches * args.slides / sum(tried)
+        bound = reading / (reading + checks + encode * kept)
+        print(
+            f"CPU ms per tile tried: reading {1e3 * reading:.2f} (read_tiles, all threads), "
+            f"quality checks {1e3 * checks:.2f}, JPEG encoding {1e3 * encode * kept:.2f}; with "
+            f"every core busy, curate+write ÷ read_tiles is at most {bound:.2f}"
+        )
         if args.no_training:
             return
         train_ratios = []

@@ -121,3 +121,27 @@ def test_real_slide_blank_tiles_are_blank(shared_slides):
                 assert reason == BLANK  # glass far from the tissue
             found[BLANK if reason == BLANK else None] += 1
         assert found[BLANK] > 0 and found[None] > 0
+
+
+def test_curation_keeps_the_first_tiles_in_candidate_order_that_pass(synthetic):
+    from gpfm.slide import read_tile
+    from gpfm.slide.curation import curate_patches
+    from gpfm.slide.sampling import candidate_order
+
+    thresholds = QualityThresholds(min_tissue=0.6, min_sharpness=30.0, max_hash_distance=8)
+    with open_slide(synthetic.path) as slide:
+        tiles = tile(slide, mpp=0.5, patch_size=256, min_tissue=0)
+        result = curate_patches(slide, tiles, 12, seed=3, thresholds=thresholds, num_workers=3)
+        # The reference: one tile at a time, in candidate order, until 12 are kept.
+        reference = QualityFilter(thresholds)
+        kept, tried = [], 0
+        for index in candidate_order(tiles, 3):
+            tried += 1
+            reason, _ = reference.check(read_tile(slide, tiles, int(index)))
+            if reason is None:
+                kept.append(int(index))
+                if len(kept) == 12:
+                    break
+    assert [patch.index for patch in result.patches] == kept
+    assert result.tried == tried and result.rejected == reference.rejected
+    assert sum(reference.rejected.values()) > 0  # the thresholds did reject some

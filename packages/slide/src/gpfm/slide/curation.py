@@ -1,9 +1,10 @@
 """Curate one slide: walk its tiles in a seeded order, keep the first N that pass the quality
 checks, each as JPEG bytes.
 
-The tiles are read with the fast reader (each native tile decoded once) and measured on
-threads, decided in candidate order, and only the kept ones are encoded (on threads), so the
-kept patches depend only on the slide, the tiles, the seed and the thresholds, never on timing.
+The tiles are read with the fast reader (each native tile decoded once) and measured on its
+decoding threads, decided in candidate order, and only the kept ones are encoded (on threads),
+so the kept patches depend only on the slide, the tiles, the seed and the thresholds, never on
+timing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import numpy as np
 import simplejpeg
 
 from gpfm.slide.quality import PatchMeasures, QualityFilter, QualityThresholds, measure
-from gpfm.slide.reader import read_tiles
+from gpfm.slide.reader import TileReader
 from gpfm.slide.sampling import candidate_order, subset
 from gpfm.slide.slide import Slide
 from gpfm.slide.tiling import Tiles
@@ -28,6 +28,7 @@ from gpfm.slide.tiling import Tiles
 logger = logging.getLogger(__name__)
 
 _MIN_CHUNK = 8  # candidates read at once, at least
+_MAX_CHUNK = 16  # tiles per unit of the reader's thread work, at most
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def curate_patches(
             size = max(_MIN_CHUNK, math.ceil(1.1 * (count - len(kept)) / accepted))
             chunk = order[position : position + size]
             position += len(chunk)
-            measured = _measured(slide, subset(tiles, chunk), pool, workers, checker)
+            measured = _measured(slide, subset(tiles, chunk), workers, checker)
             for index, (rgb, measures) in zip(chunk, measured, strict=False):
                 result.tried += 1
                 reason = checker.reason(measures)
@@ -122,31 +123,20 @@ def curate_patches(
 
 
 def _measured(
-    slide: Slide,
-    tiles: Tiles,
-    pool: ThreadPoolExecutor,
-    workers: int,
-    checker: QualityFilter,
+    slide: Slide, tiles: Tiles, workers: int, checker: QualityFilter
 ) -> Iterator[tuple[np.ndarray, PatchMeasures]]:
-    """(pixels, measures) per tile, in order; measuring runs ahead on ``pool``."""
+    """(pixels, measures) per tile, in order; measured on the decoding threads, chunk by chunk,
+    while the pixels are in cache."""
+    thresholds = checker.thresholds
 
-    def work(rgb: np.ndarray) -> tuple[np.ndarray, PatchMeasures]:
-        return rgb, measure(rgb, checker.thresholds)
+    def work(chunk: np.ndarray) -> tuple[np.ndarray, list[PatchMeasures]]:
+        return chunk, [measure(rgb, thresholds) for rgb in chunk]
 
-    ahead = 2 * workers
-    pending: deque[Future[tuple[np.ndarray, PatchMeasures]]] = deque()
-    reader = read_tiles(slide, tiles, num_workers=workers)
-    try:
-        for _, rgb in reader:
-            pending.append(pool.submit(work, rgb))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        reader.close()  # type: ignore[attr-defined]
+    # Chunks small enough that every thread gets some of the candidates asked for.
+    chunk_size = max(2, min(_MAX_CHUNK, math.ceil(len(tiles) / workers)))
+    reader = TileReader(slide, tiles, num_workers=workers, chunk_size=chunk_size)
+    for _, (chunk, measures) in reader.map_chunks(work):
+        yield from zip(chunk, measures, strict=True)
 
 
 __all__ = ["CuratedPatch", "CurationResult", "curate_patches", "encode_jpeg"]
