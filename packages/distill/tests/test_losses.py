@@ -170,3 +170,44 @@ def test_dino_without_local_crops_divides_by_the_references_three_terms():
         for s, t in ((0, 1), (1, 0))
     )
     torch.testing.assert_close(loss, pairs / 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_row_blocks_give_the_plain_soft_cross_entropy_and_its_gradient(dtype, monkeypatch):
+    from gpfm.distill import rowwise
+
+    monkeypatch.setattr(rowwise, "_BLOCK_BYTES", 3 * 64 * 8)  # 3 rows of 64 per block
+    logits = torch.randn(10, 64, dtype=dtype, requires_grad=True)
+    targets = F.softmax(torch.randn(10, 64, dtype=dtype) / 0.04, -1) * 0.9  # rows sum to 0.9
+    weights = torch.rand(10, dtype=dtype)
+    plain_logits = logits.detach().clone().requires_grad_(True)
+    expected = -(targets * F.log_softmax(plain_logits / 0.1, -1)).sum(-1)
+    (expected * weights).sum().backward()
+    rows = rowwise.soft_cross_entropy(logits, targets, 0.1)
+    (rows * weights).sum().backward()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(rows, expected, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(logits.grad, plain_logits.grad, rtol=tolerance, atol=tolerance)
+
+    center = torch.randn(1, 64, dtype=torch.float32)
+    torch.testing.assert_close(
+        rowwise.centered_softmax(logits.detach(), center, 0.04),
+        F.softmax((logits.detach() - center) / 0.04, -1),
+        rtol=tolerance,
+        atol=tolerance,
+    )
+
+
+def test_soft_cross_entropy_of_bf16_logits_is_computed_in_fp32_and_refuses_target_gradients():
+    from gpfm.distill.rowwise import soft_cross_entropy
+
+    logits = torch.randn(4, 32).bfloat16().requires_grad_(True)
+    targets = F.softmax(torch.randn(4, 32), -1)
+    rows = soft_cross_entropy(logits, targets, 0.1)
+    assert rows.dtype == torch.float32
+    rows.sum().backward()
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
+    expected = -(targets * F.log_softmax(logits.detach().float() / 0.1, -1)).sum(-1)
+    torch.testing.assert_close(rows, expected)
+    with pytest.raises(ValueError, match="no gradient to its targets"):
+        soft_cross_entropy(torch.randn(2, 4), torch.rand(2, 4, requires_grad=True), 0.1)

@@ -7,11 +7,11 @@ centre. Everything here runs in fp32 and sums its statistics over all processes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpfm.distill.distributed import all_reduce_sum, world_size
 from gpfm.distill.precision import fp32_or_wider
+from gpfm.distill.rowwise import centered_softmax
 
 
 @torch.no_grad()
@@ -48,8 +48,8 @@ class TeacherCentering(nn.Module):
 
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
-        """softmax((t − centre) / teacher_temp) in fp32."""
-        return F.softmax((fp32_or_wider(teacher_logits) - self.center) / teacher_temp, dim=-1)
+        """softmax((t − centre) / teacher_temp) in fp32 (a few rows at a time: ``rowwise``)."""
+        return centered_softmax(teacher_logits, self.center, teacher_temp)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +59,27 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(module.bias)
         self.last_layer = _weight_normed_linear(bottleneck_dim, out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @overload
+    def forward(self, x: Tensor) -> Tensor: ...
+
+    @overload
+    def forward(self, x: Tensor, split: int) -> tuple[Tensor, Tensor]: ...
+
+    def forward(self, x: Tensor, split: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Prototype logits of ``x`` (N, in_dim); with ``split``, those of rows ``:split`` and
+        ``split:`` as two tensors.
+
+        Split, the rows share the MLP and the prototype weights (computed once) but each part
+        gets its own product: the gradients of the two parts then reach the prototypes without
+        autograd making a zero-filled (N, out_dim) tensor per slice of one product.
+        """
         hidden = self.mlp(x)
         eps = 1e-6 if hidden.dtype == torch.float16 else 1e-12  # fp16 underflows at 1e-12
-        return self.last_layer(F.normalize(hidden, dim=-1, p=2, eps=eps))
+        normalized = F.normalize(hidden, dim=-1, p=2, eps=eps)
+        if split is None:
+            return self.last_layer(normalized)
+        weight = self.last_layer.weight  # weight norm: g · v / ‖v‖, computed here once
+        return F.linear(normalized[:split], weight), F.linear(normalized[split:], weight)
 
 
 class ExpertHead(DINOHead):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from gpfm.distill.centering import TeacherCentering
 from gpfm.distill.distributed import all_reduce_sum, world_size
-from gpfm.distill.precision import fp32_or_wider
+from gpfm.distill.rowwise import soft_cross_entropy
 
 
 class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
@@ -42,8 +41,8 @@ class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the method's name
             teacher_probs: (M, K) teacher targets of the same patches.
             masks: (B, N) bool, which patches of each image were masked.
         """
-        log_probs = F.log_softmax(fp32_or_wider(student_logits) / self.student_temp, dim=-1)
-        per_patch = -(teacher_probs * log_probs).sum(dim=-1)
-        per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1).to(log_probs.dtype)
+        # −Σ_k t_k log_softmax(s / temp)_k per patch, without (M, K) intermediates: ``rowwise``.
+        per_patch = soft_cross_entropy(student_logits, teacher_probs, self.student_temp)
+        per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1).to(per_patch.dtype)
         weights = (1.0 / per_image).expand_as(masks)[masks]
         return (per_patch * weights).sum() / masks.shape[0]

@@ -161,8 +161,10 @@ class DistillationModel(nn.Module):
         iBOT head is the DINO head (row by row the same values as two calls, as DINOv2 does)."""
         if "ibot_head" in side:
             return side["dino_head"](cls_tokens), side["ibot_head"](patch_tokens)
-        logits = side["dino_head"](torch.cat([cls_tokens, patch_tokens]))
-        return logits[: cls_tokens.shape[0]], logits[cls_tokens.shape[0] :]
+        cls_logits, patch_logits = side["dino_head"](
+            torch.cat([cls_tokens, patch_tokens]), split=cls_tokens.shape[0]
+        )
+        return cls_logits, patch_logits
 
     def loss_terms(
         self,
