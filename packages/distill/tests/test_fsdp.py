@@ -61,7 +61,11 @@ def _run(sharded: bool, batches):
     model = _helpers.tiny_model().train()
     if sharded:
         _shard(model)
-    optimizer = adamw(model.parameter_groups())
+    # adamw() gives sharded parameters the foreach implementation; the one-process run takes
+    # it too (fused, its default on a CPU, rounds differently, and AdamW magnifies that on
+    # near-zero gradients)
+    groups = model.parameter_groups()
+    optimizer = adamw(groups) if sharded else torch.optim.AdamW(groups, foreach=True)
     losses = [_step(model, optimizer, batch, seed) for seed, batch in enumerate(batches)]
     return model, optimizer, losses
 

@@ -190,12 +190,12 @@ def test_row_blocks_give_the_plain_soft_cross_entropy_and_its_gradient(dtype, mo
     torch.testing.assert_close(logits.grad, plain_logits.grad, rtol=tolerance, atol=tolerance)
 
     center = torch.randn(1, 64, dtype=torch.float32)
-    torch.testing.assert_close(
-        rowwise.centered_softmax(logits.detach(), center, 0.04),
-        F.softmax((logits.detach() - center) / 0.04, -1),
-        rtol=tolerance,
-        atol=tolerance,
-    )
+    expected = F.softmax((logits.detach() - center) / 0.04, -1)
+    targets = rowwise.centered_softmax(logits.detach(), center, 0.04)
+    torch.testing.assert_close(targets, expected, rtol=tolerance, atol=tolerance)
+    overwritten = logits.detach().clone()  # block by block, in place
+    assert rowwise.centered_softmax(overwritten, center, 0.04, out=overwritten) is overwritten
+    torch.testing.assert_close(overwritten, expected, rtol=tolerance, atol=tolerance)
 
 
 def test_soft_cross_entropy_of_bf16_logits_is_computed_in_fp32_and_refuses_target_gradients():

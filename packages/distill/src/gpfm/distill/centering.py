@@ -47,9 +47,13 @@ class TeacherCentering(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     @torch.no_grad()
-    def softmax_center_teacher(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
-        """softmax((t − centre) / teacher_temp) in fp32 (a few rows at a time: ``rowwise``)."""
-        return centered_softmax(teacher_logits, self.center, teacher_temp)
+    def softmax_center_teacher(
+        self, teacher_logits: Tensor, teacher_temp: float, overwrite: bool = False
+    ) -> Tensor:
+        """softmax((t − centre) / teacher_temp) in fp32 (a few rows at a time: ``rowwise``),
+        written over ``teacher_logits`` if ``overwrite`` and their dtype allows."""
+        out = teacher_logits if overwrite else None
+        return centered_softmax(teacher_logits, self.center, teacher_temp, out=out)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
@@ -60,7 +64,11 @@ class TeacherCentering(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_logits: Tensor) -> None:
         """centre ← m·centre + (1 − m)·batch mean of ``teacher_logits`` (see ``batch_mean``)."""
-        mean = self.batch_mean(fp32_or_wider(teacher_logits))
+        self.move_center(self.batch_mean(fp32_or_wider(teacher_logits)))
+
+    @torch.no_grad()
+    def move_center(self, mean: Tensor) -> None:
+        """centre ← m·centre + (1 − m)·``mean`` (a ``batch_mean``)."""
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
     def batch_mean(self, teacher_logits: Tensor) -> Tensor:

@@ -111,7 +111,10 @@ class DistillationModel(nn.Module):
         cls_logits, patch_logits = self._head_logits(
             self.teacher, teacher["cls"], teacher["patch"][masks]
         )
-        cls, patch = self.loss.teacher_targets(cls_logits, patch_logits, teacher_temp)
+        # The patch logits are this call's own (a product of their own): targets overwrite them.
+        cls, patch = self.loss.teacher_targets(
+            cls_logits, patch_logits, teacher_temp, overwrite_patch_logits=True
+        )
         if self.keep_teacher_outputs:
             kept = TeacherOutputs(teacher["cls"], cls_logits, cls, teacher_temp)
             self.last_teacher_outputs = kept

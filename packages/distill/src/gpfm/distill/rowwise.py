@@ -33,16 +33,21 @@ def row_blocks(rows: int, width: int, itemsize: int = 4) -> Iterator[slice]:
 
 
 @torch.no_grad()
-def centered_softmax(logits: Tensor, center: Tensor, temp: float) -> Tensor:
+def centered_softmax(
+    logits: Tensor, center: Tensor, temp: float, out: Tensor | None = None
+) -> Tensor:
     """``softmax((logits − center) / temp)`` over the last dim, in fp32 (fp64 stays fp64).
 
     Args:
         logits: (N, K) teacher logits, any float dtype.
         center: (1, K) centre.
         temp: the teacher temperature.
+        out: where to write the result, ``logits`` itself included (each block of rows is read
+            before it is written); ignored unless it has the result's shape and dtype.
     """
     dtype = torch.promote_types(fp32_or_wider(logits[:0]).dtype, center.dtype)
-    out = torch.empty(logits.shape, dtype=dtype, device=logits.device)
+    if out is None or out.shape != logits.shape or out.dtype != dtype:
+        out = torch.empty(logits.shape, dtype=dtype, device=logits.device)
     for rows in row_blocks(logits.shape[0], logits.shape[-1], out.element_size()):
         out[rows] = F.softmax((fp32_or_wider(logits[rows]) - center) / temp, dim=-1)
     return out

@@ -19,6 +19,7 @@ from gpfm.distill.errors import DistillConfigError
 from gpfm.distill.expert_loss import ExpertDistillationLoss, ExpertSpec
 from gpfm.distill.ibot_loss import iBOTPatchLoss
 from gpfm.distill.koleo_loss import KoLeoLoss
+from gpfm.distill.precision import fp32_or_wider
 
 
 @dataclass(frozen=True)
@@ -111,18 +112,31 @@ class UnifiedDistillationLoss(nn.Module):
 
     @torch.no_grad()
     def teacher_targets(
-        self, cls_logits: Tensor, masked_patch_logits: Tensor, teacher_temp: float
+        self,
+        cls_logits: Tensor,
+        masked_patch_logits: Tensor,
+        teacher_temp: float,
+        overwrite_patch_logits: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """Targets of the teacher's class tokens (B, K) and masked patch tokens (M, K)."""
+        """Targets of the teacher's class tokens (B, K) and masked patch tokens (M, K).
+
+        With ``overwrite_patch_logits`` (softmax centring), the patch targets are written over
+        ``masked_patch_logits`` when their dtype allows (one tensor of that size fewer).
+        """
         if self.config.centering == "sinkhorn":
             iters = self.config.sinkhorn_iters
             cls = self.dino.sinkhorn_knopp_teacher(cls_logits, teacher_temp, iters)
             patch = self.ibot.sinkhorn_knopp_teacher(masked_patch_logits, teacher_temp, iters)
         else:
+            # The centres move after the targets are made with them; the patch logits' mean
+            # is taken first, in case the targets are written over them.
+            patch_mean = self.ibot.batch_mean(fp32_or_wider(masked_patch_logits))
             cls = self.dino.softmax_center_teacher(cls_logits, teacher_temp)
-            patch = self.ibot.softmax_center_teacher(masked_patch_logits, teacher_temp)
+            patch = self.ibot.softmax_center_teacher(
+                masked_patch_logits, teacher_temp, overwrite=overwrite_patch_logits
+            )
             self.dino.update_center(cls_logits)
-            self.ibot.update_center(masked_patch_logits)
+            self.ibot.move_center(patch_mean)
         return cls, patch
 
     def forward(
