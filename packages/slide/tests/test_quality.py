@@ -46,6 +46,33 @@ def test_measures_of_made_up_patches():
     assert sharpness(cv2.GaussianBlur(sharp, (0, 0), 3)) < sharpness(sharp) / 10
 
 
+def test_measures_equal_plain_numpy_and_do_not_mix_between_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    patches = [stained(seed, size) for seed in range(6) for size in (96, 128)]
+
+    def plain(rgb):
+        wide = rgb.astype(np.int64)
+        value, low = wide.max(axis=2), wide.min(axis=2)
+        tissue = (value >= 30) & (255 * (value - low) >= 20 * value) & (value > 0)
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int64)
+        padded = np.pad(grey, 1, mode="reflect")  # OpenCV's default border, BORDER_REFLECT_101
+        laplacian = (
+            padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+            - 4 * grey
+        )  # fmt: skip
+        return tissue.mean(), laplacian.astype(np.float64).var()
+
+    thresholds = QualityThresholds()
+    with ThreadPoolExecutor(4) as pool:  # each thread has its own scratch arrays
+        measured = list(pool.map(lambda rgb: measure(rgb, thresholds), patches * 3))
+    for rgb, measures in zip(patches * 3, measured, strict=True):
+        tissue, variance = plain(rgb)
+        assert measures.tissue_fraction == pytest.approx(tissue, abs=1e-12)
+        assert measures.sharpness == pytest.approx(variance, rel=1e-12)
+        assert measures.phash == perceptual_hash(rgb)
+
+
 def test_perceptual_hash_survives_recompression_and_tells_patches_apart():
     patch = stained(1)
     _, jpeg = cv2.imencode(".jpg", patch, [cv2.IMWRITE_JPEG_QUALITY, 60])

@@ -24,6 +24,7 @@ Checks run in that order and a patch is rejected for the first it fails. Setting
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 
 import cv2
@@ -71,6 +72,27 @@ class QualityThresholds:
             )
 
 
+class _Scratch(threading.local):
+    """Arrays the measures write into, one set per thread, reused from patch to patch: fresh
+    arrays of a patch's size cost more (page faults) than the measures' arithmetic."""
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, int] | None = None
+        self.u8: list[np.ndarray] = []
+        self.laplacian = np.empty(0, np.int16)
+
+    def arrays(self, height: int, width: int) -> list[np.ndarray]:
+        """Eight (height, width) uint8 arrays; ``self.laplacian`` an int16 one."""
+        if self.shape != (height, width):
+            self.u8 = [np.empty((height, width), np.uint8) for _ in range(8)]
+            self.laplacian = np.empty((height, width), np.int16)
+            self.shape = (height, width)
+        return self.u8
+
+
+_scratch = _Scratch()
+
+
 def tissue_fraction(rgb: np.ndarray, min_saturation: int = 20, min_value: int = 30) -> float:
     """Fraction of the pixels of an RGB uint8 patch that are tissue (saturated, not dark).
 
@@ -78,13 +100,17 @@ def tissue_fraction(rgb: np.ndarray, min_saturation: int = 20, min_value: int = 
     saturation ``255 x (V - min(R, G, B)) / V`` is at least ``min_saturation`` (HSV's, unrounded).
     """
     rgb = np.ascontiguousarray(rgb)
-    red, green, blue = cv2.split(rgb)
-    value = cv2.max(cv2.max(red, green), blue)
-    spread = cv2.subtract(value, cv2.min(cv2.min(red, green), blue))
+    if rgb.shape[0] * rgb.shape[1] == 0:
+        return 0.0
+    red, green, blue, value, low, spread, needed, _ = _scratch.arrays(*rgb.shape[:2])
+    cv2.split(rgb, [red, green, blue])
+    cv2.max(cv2.max(red, green, dst=value), blue, dst=value)
+    cv2.min(cv2.min(red, green, dst=low), blue, dst=low)
+    cv2.subtract(value, low, dst=spread)
     # saturation >= s  <=>  spread >= s x V / 255: one lookup per pixel instead of a division
-    needed = cv2.LUT(value, _spread_needed(min_saturation, min_value))
-    tissue = cv2.compare(spread, needed, cv2.CMP_GE)
-    return cv2.countNonZero(tissue) / tissue.size if tissue.size else 0.0
+    cv2.LUT(value, _spread_needed(min_saturation, min_value), dst=needed)
+    tissue = cv2.compare(spread, needed, cv2.CMP_GE, dst=low)
+    return cv2.countNonZero(tissue) / tissue.size
 
 
 @functools.lru_cache(maxsize=16)
@@ -100,7 +126,10 @@ def _spread_needed(min_saturation: int, min_value: int) -> np.ndarray:
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    """The grey levels of ``rgb``, in this thread's scratch array (valid until its next use)."""
+    rgb = np.ascontiguousarray(rgb)
+    grey = _scratch.arrays(*rgb.shape[:2])[7]
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY, dst=grey)
 
 
 def sharpness(rgb: np.ndarray) -> float:
@@ -109,9 +138,17 @@ def sharpness(rgb: np.ndarray) -> float:
 
 
 def _grey_sharpness(grey: np.ndarray) -> float:
-    # int16 holds every 3 x 3 Laplacian of 8-bit values exactly (|value| <= 4 x 255).
-    _, deviation = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S, ksize=1))
-    return float(deviation[0, 0]) ** 2
+    if grey.size == 0:
+        return 0.0
+    if grey.shape != _scratch.laplacian.shape:
+        _scratch.arrays(*grey.shape)
+    # int16 holds every 3 x 3 Laplacian of 8-bit values exactly (|value| <= 4 x 255), and the
+    # sums below are exact in float64 (below 2^53 for patches of up to ~8,000 x 8,000 px).
+    laplacian = cv2.Laplacian(grey, cv2.CV_16S, dst=_scratch.laplacian, ksize=1)
+    count = laplacian.size
+    total = cv2.sumElems(laplacian)[0]
+    squares = cv2.norm(laplacian, cv2.NORM_L2SQR)
+    return max(0.0, squares / count - (total / count) ** 2)
 
 
 def perceptual_hash(rgb: np.ndarray) -> int:
