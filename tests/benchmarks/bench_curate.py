@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+
 from gpfm.slide import make_synthetic_slide, open_slide, read_tiles, segment_tissue, tile
 from gpfm.slide.curation import curate_patches, encode_jpeg
 from gpfm.slide.quality import QualityThresholds, measure
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="training steps per round")
     parser.add_argument("--no-training", action="store_true", help="figures 1 and 2 only")
     args = parser.parse_args()
+    cv2.setNumThreads(1)  # as gpfm-curate does: the checks already run one patch per thread
     print(f"CPU cores {os.cpu_count()}; {args.slides} slides of {args.size} px, 512 px patches")
     with tempfile.TemporaryDirectory(prefix="gpfm-bench-curate-") as folder:
         work = Path(folder)

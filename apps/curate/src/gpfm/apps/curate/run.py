@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -124,6 +125,9 @@ def curate_slide(
 
     Returns the slide's record (status ``done`` or ``failed``, patches, rejections, timings).
     """
+    # The quality checks run one patch per thread of the reader already; OpenCV splitting each
+    # patch over threads of its own on top cost ~70% more CPU (512 px, 2 cores).
+    cv2.setNumThreads(1)
     record: dict[str, Any] = {
         "slide_id": entry.slide_id,
         "path": str(entry.path),
