@@ -10,7 +10,7 @@ On synthetic JPEG slides (0.5 µm/px), 512 px patches:
 3. Training: images/s of gpfm-train's tiny configuration fed from the store (``data.source=hf``)
    ÷ fed from the same patches already decoded in memory. Target >= 0.9.
 
-    python tests/benchmarks/bench_curate.py [--slides 2] [--size 10000] [--patches 64] [--rounds 3]
+    python tests/benchmarks/bench_curate.py [--slides 2] [--size 10000] [--patches 64] [--rounds 5]
         [--steps 16] [--no-training]
 """
 
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=2)
     parser.add_argument("--size", type=int, default=10000, help="slide side, px")
     parser.add_argument("--patches", type=int, default=64, help="patches per slide")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=16, help="training steps per round")
     parser.add_argument("--no-training", action="store_true", help="figures 1 and 2 only")
     args = parser.parse_args()
