@@ -372,3 +372,42 @@ def test_batches_joined_from_several_chunks_give_the_same_features(
             expected = encoder(torch.stack(pixels)).numpy()
     assert len(tiles) > 2 * batch_size
     np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
+def test_preprocessing_on_the_device_gives_the_same_features(slides_dir, patch_mean_encoder):
+    # On a GPU the tiles cross as uint8 and the transforms run there; forced here on the CPU,
+    # where the tiles are not copied (not pinned), so the reader must not write over them.
+    from gpfm.apps.extract import pipeline
+    from gpfm.backbone.zoo import registry
+    from gpfm.slide import tile
+
+    torch.manual_seed(0)
+    same_size = load_encoder(patch_mean_encoder)
+    entry = registry._REGISTRY[patch_mean_encoder]
+    resizing = Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+    register_encoder(
+        "test-patch-mean-resized", embed_dim=8, preprocessing=resizing, requires_weights=False,
+        description="the same, after a resize and crop (tests only)", replace=True,
+    )(entry.factory)  # fmt: skip
+    try:
+        resized = load_encoder("test-patch-mean-resized")
+        with open_slide(slides_dir / "alpha.tiff") as slide:
+            tiles = tile(slide, mpp=0.5, patch_size=224, min_tissue=0)
+            encoders = [same_size, resized]
+            on_threads = pipeline.encode_tiles(slide, tiles, encoders, batch_size=8)
+            on_device = pipeline.encode_tiles(
+                slide, tiles, encoders, batch_size=8, preprocess_on_device=True
+            )
+    finally:
+        registry._REGISTRY.pop("test-patch-mean-resized", None)
+    assert len(tiles) > 16
+    # The inputs themselves are bit for bit the same.
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    key = pipeline._preprocessing_key(same_size)
+    on_cpu = pipeline._Inputs([same_size], 224, pin=False)(pixels)[1][key]
+    moved = pipeline._Inputs([same_size], 224, pin=False, on_device=True)
+    assert torch.equal(moved.on_device_inputs(torch.from_numpy(pixels))[key], on_cpu)
+    for threads, device in zip(on_threads, on_device, strict=True):
+        # The same inputs; the device path's are in channels-last memory, which changes the
+        # order of the convolution's sums.
+        np.testing.assert_allclose(device, threads, rtol=1e-5, atol=1e-6)

@@ -1,11 +1,13 @@
 """One read of a slide's tiles feeding several encoders.
 
 Tiles are decoded by gpfm-slide's ``TileReader`` (each native tile of the file once) in chunks of
-up to 64 tiles, and each chunk is turned into every encoder's input (its own ``transform``, once
-per distinct preprocessing, pinned for the GPU) on the same decoding threads, while its pixels
-are still in cache; the uint8 chunk arrays are then written again by later chunks. The calling
-thread only joins chunks into batches and runs the models, so reading and preprocessing overlap
-compute and no per-tile Python runs between the decoder and the model.
+up to 64 tiles. On the CPU, each chunk is turned into every encoder's input (its own
+``transform``, once per distinct preprocessing) on the same decoding threads, while its pixels
+are still in cache; the uint8 chunk arrays are then written again by later chunks. On a GPU,
+a chunk stays uint8, pinned, crosses to the device (a quarter of the bytes of float32 inputs)
+and is transformed there. The calling thread only joins chunks into batches and runs the
+models, so reading and preprocessing overlap compute and no per-tile Python runs between the
+decoder and the model.
 """
 
 from __future__ import annotations
@@ -93,29 +95,52 @@ def _preprocessing_key(encoder: Encoder) -> object:
     return preprocessing if preprocessing is not None else id(encoder)
 
 
+_PIXELS = "pixels"  # the key of uint8 tiles sent to the device as they are
+
+
 class _Inputs:
     """Turns a chunk of uint8 tiles into each distinct preprocessing's input (on reader threads).
 
     Inputs made by a ``PixelTable`` are written into tensors handed back by ``recycle`` once the
     models are done with them: fresh memory costs page faults, as much as the lookup itself.
+
+    With ``on_device``, a chunk stays uint8 (pinned for the GPU) and each preprocessing runs on
+    the device after the transfer (``on_device_inputs``): a quarter of the bytes cross to it,
+    and the CPU only decodes.
     """
 
-    def __init__(self, encoders: Sequence[Encoder], tile_size: int, pin: bool) -> None:
+    def __init__(
+        self, encoders: Sequence[Encoder], tile_size: int, pin: bool, on_device: bool = False
+    ) -> None:
         self.pin = pin
+        self.on_device = on_device
         # Encoders with the same preprocessing share one prepared batch.
         self.groups: dict[object, Encoder] = {}
         for encoder in encoders:
             self.groups.setdefault(_preprocessing_key(encoder), encoder)
-        self.tables = {key: PixelTable.for_encoder(e, tile_size) for key, e in self.groups.items()}
+        self.tables = {
+            key: None if on_device else PixelTable.for_encoder(e, tile_size)
+            for key, e in self.groups.items()
+        }
         self._spares: dict[object, list[Tensor]] = {key: [] for key in self.groups}
         self._lock = threading.Lock()
 
     @property
     def copies(self) -> bool:
-        """True when no input shares memory with the tiles (a table makes new arrays)."""
+        """True when no input shares memory with the tiles (a table or pinning makes new ones)."""
+        if self.on_device:
+            return self.pin
         return all(table is not None for table in self.tables.values())
 
+    def on_device_inputs(self, pixels: Tensor) -> dict[object, Tensor]:
+        """Each preprocessing's input from (B, H, W, 3) uint8 tiles already on the device."""
+        chw = pixels.permute(0, 3, 1, 2)
+        return {key: transformed(encoder, chw) for key, encoder in self.groups.items()}
+
     def __call__(self, pixels: np.ndarray) -> tuple[int, dict[object, Tensor]]:
+        if self.on_device:
+            tiles = torch.from_numpy(pixels)
+            return len(pixels), {_PIXELS: tiles.pin_memory() if self.pin else tiles}
         inputs = {}
         for key, encoder in self.groups.items():
             table = self.tables[key]
@@ -136,7 +161,7 @@ class _Inputs:
         """Hand back inputs of ``__call__`` that nothing uses any more."""
         with self._lock:
             for key, batch in inputs.items():
-                if self.tables[key] is not None:
+                if self.tables.get(key) is not None:
                     self._spares[key].append(batch)
 
 
@@ -151,6 +176,7 @@ def encode_tiles(
     precision: str = "fp32",
     prefetch: int = 3,
     on_batch: Callable[[int], None] | None = None,
+    preprocess_on_device: bool | None = None,
 ) -> list[np.ndarray]:
     """Features of every tile for each encoder, reading and decoding the tiles once.
 
@@ -163,6 +189,10 @@ def encode_tiles(
         precision: "fp32", or "bf16"/"fp16" autocast (on the encoders' device).
         prefetch: prepared batches kept ahead of the models.
         on_batch: called with the number of tiles after each batch (progress bars).
+        preprocess_on_device: run the encoders' transforms on their device, after uint8 tiles
+            cross to it (a quarter of the bytes of float32 inputs), rather than on the
+            decoding threads (default: on a GPU, yes; on the CPU, no). Features are the same
+            up to the device's arithmetic.
 
     Returns:
         One (N, D) float32 array per encoder, in the order of ``encoders`` and of the tiles.
@@ -185,14 +215,15 @@ def encode_tiles(
         prefetch=max(1, math.ceil(prefetch * parts / workers)),
         chunk_size=chunk_size,
     )
-    prepare = _Inputs(encoders, tiles.patch_size, pin)
+    on_device = device.type == "cuda" if preprocess_on_device is None else preprocess_on_device
+    prepare = _Inputs(encoders, tiles.patch_size, pin, on_device)
     keys = [_preprocessing_key(encoder) for encoder in encoders]
     outputs: list[list[np.ndarray]] = [[] for _ in encoders]
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if precision != "fp32":
         autocast = torch.autocast(device.type, dtype=PRECISIONS[precision])
     chunks = reader.map_chunks(prepare, recycle=prepare.copies)
-    for count, inputs, parts_used in _batches(chunks, parts, keys, device, pin):
+    for count, inputs, parts_used in _batches(chunks, parts, prepare, device, pin):
         for encoder, key, collected in zip(encoders, keys, outputs, strict=True):
             with autocast:
                 features = encoder(inputs[key])
@@ -222,7 +253,7 @@ def _chunk_size(batch_size: int) -> int:
 def _batches(
     chunks: Iterator[tuple[int, tuple[int, dict[object, Tensor]]]],
     parts: int,
-    keys: Sequence[object],
+    prepare: _Inputs,
     device: torch.device,
     pin: bool,
 ) -> Iterator[tuple[int, dict[object, Tensor], list[dict[object, Tensor]]]]:
@@ -234,20 +265,24 @@ def _batches(
         pending.append(inputs)
         count += size
         if len(pending) == parts:
-            yield count, _joined(pending, set(keys), device, pin), pending
+            yield count, _joined(pending, prepare, device, pin), pending
             pending, count = [], 0
     if pending:
-        yield count, _joined(pending, set(keys), device, pin), pending
+        yield count, _joined(pending, prepare, device, pin), pending
 
 
 def _joined(
-    pending: list[dict[object, Tensor]], keys: set[object], device: torch.device, pin: bool
+    pending: list[dict[object, Tensor]], prepare: _Inputs, device: torch.device, pin: bool
 ) -> dict[object, Tensor]:
     joined = {}
-    for key in keys:
+    for key in pending[0]:
         parts = [inputs[key].to(device, non_blocking=pin) for inputs in pending]
-        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        joined[key] = batch
+        joined[key] = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if prepare.on_device:
+        joined = prepare.on_device_inputs(joined[_PIXELS])
+    if device.type == "cuda":
+        joined = {
+            key: batch.contiguous(memory_format=torch.channels_last)
+            for key, batch in joined.items()
+        }
     return joined
