@@ -22,9 +22,11 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from gpfm.slide import make_synthetic_slide, open_slide, read_tiles, segment_tissue, tile
 from gpfm.slide.curation import curate_patches, encode_jpeg
@@ -55,26 +57,27 @@ def curate_rate(paths: list[Path], tiles: list, count: int, out: Path) -> tuple[
     return written / (time.perf_counter() - start), tried
 
 
-def read_rate(paths: list[Path], tiles: list, tried: list[int]) -> tuple[float, float]:
-    """tiles/s of ``read_tiles`` on the tiles the curator tried, in the same order, and the CPU
-    seconds (all threads) per tile."""
-    count = 0
-    start, cpu = time.perf_counter(), time.process_time()
+def tried_tiles(paths: list[Path], tiles: list, tried: list[int]) -> Iterator[np.ndarray]:
+    """The pixels of the tiles the curator tried, slide by slide, in its order."""
     for number, (path, grid) in enumerate(zip(paths, tiles, strict=True)):
         order = candidate_order(grid, number)[: tried[number]]
         with open_slide(path) as slide:
-            count += sum(1 for _ in read_tiles(slide, subset(grid, order)))
+            for _, rgb in read_tiles(slide, subset(grid, order)):
+                yield rgb
+
+
+def read_rate(paths: list[Path], tiles: list, tried: list[int]) -> tuple[float, float]:
+    """tiles/s of ``read_tiles`` on the tiles the curator tried, in the same order, and the CPU
+    seconds (all threads) per tile."""
+    start, cpu = time.perf_counter(), time.process_time()
+    count = sum(1 for _ in tried_tiles(paths, tiles, tried))
     return count / (time.perf_counter() - start), (time.process_time() - cpu) / count
 
 
 def cpu_per_patch(paths: list[Path], tiles: list, tried: list[int]) -> tuple[float, float]:
     """CPU seconds per patch of the quality checks and of the JPEG encoding, on one thread, on
     the tried tiles already in memory (best of three)."""
-    pixels = []
-    for number, (path, grid) in enumerate(zip(paths, tiles, strict=True)):
-        order = candidate_order(grid, number)[: tried[number]]
-        with open_slide(path) as slide:
-            pixels += [rgb.copy() for _, rgb in read_tiles(slide, subset(grid, order))]
+    pixels = [rgb.copy() for rgb in tried_tiles(paths, tiles, tried)]
     thresholds = QualityThresholds()
     checks = encode = math.inf
     for _ in range(3):

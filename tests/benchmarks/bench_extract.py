@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gpfm.apps.extract.pipeline import PixelTable, encode_tiles, transformed
 from gpfm.backbone import Encoder, load_encoder, register_encoder
@@ -80,14 +80,19 @@ def read_rate(path: Path, tiles: Tiles) -> tuple[float, list[np.ndarray], float]
         return len(pixels) / seconds, pixels, cpu / len(pixels)
 
 
-def forward_cpu(encoder: Encoder, pixels: list[np.ndarray], batch_size: int) -> float:
-    """CPU seconds per tile (all threads) of the forward on inputs in memory (best of three)."""
-    batches = [
+def input_batches(encoder: Encoder, pixels: list[np.ndarray], batch_size: int) -> list[Tensor]:
+    """The encoder's inputs of ``pixels``, transformed in batches of ``batch_size``."""
+    return [
         transformed(
             encoder, torch.from_numpy(np.stack(pixels[i : i + batch_size])).permute(0, 3, 1, 2)
         )
         for i in range(0, len(pixels), batch_size)
     ]
+
+
+def forward_cpu(encoder: Encoder, pixels: list[np.ndarray], batch_size: int) -> float:
+    """CPU seconds per tile (all threads) of the forward on inputs in memory (best of three)."""
+    batches = input_batches(encoder, pixels, batch_size)
     best = float("inf")
     with torch.inference_mode():
         for _ in range(3):
@@ -103,10 +108,7 @@ def model_only_rate(
     encoder: Encoder, pixels: list[np.ndarray], batch_size: int, device: str, dtype: torch.dtype
 ) -> float:
     """tiles/s of the forward alone, on batches already decoded, transformed and on ``device``."""
-    batches = []
-    for start in range(0, len(pixels), batch_size):
-        chunk = torch.from_numpy(np.stack(pixels[start : start + batch_size])).permute(0, 3, 1, 2)
-        batches.append(transformed(encoder, chunk).to(device))
+    batches = [batch.to(device) for batch in input_batches(encoder, pixels, batch_size)]
     autocast = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
     encoder(batches[0][:2])  # warm-up
     _sync(device)
